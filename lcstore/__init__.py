@@ -1,0 +1,1 @@
+"""lcstore: a lightcurve datastore for time-domain sky surveys."""

@@ -1,0 +1,44 @@
+"""Exceptions raised by lcstore.
+
+Each one names what went wrong and what to do about it, so that callers (the CLI, the
+HTTP service, notebooks) can show the message as it is.
+"""
+
+from __future__ import annotations
+
+
+class LcstoreError(Exception):
+    """Base class of every error lcstore raises on purpose."""
+
+
+class InputFileError(LcstoreError):
+    """An input catalog file cannot be ingested.
+
+    Parameters
+    ----------
+    path : str
+        The offending file.
+    reason : str
+        Why it was refused, in words an operator can act on.
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class StoreError(LcstoreError):
+    """A store is missing, malformed, or in a state that forbids the operation."""
+
+
+class ReleaseNotFoundError(StoreError):
+    """The named release does not exist in the store."""
+
+
+class ReleaseExistsError(StoreError):
+    """A release of that name is already published; releases are immutable."""
+
+
+class QueryError(LcstoreError, ValueError):
+    """A query's arguments are out of range (radius, declination, band, ...)."""

@@ -1,0 +1,90 @@
+"""Column names, types and codes of the inputs and outputs of lcstore.
+
+This is the single place that says what an epochal catalog, a reference catalog, an
+object and a detection look like. See docs/inputs.md for the user-facing description.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: Filter codes, in band order, as ZTF names them.
+FILTERCODES: tuple[str, ...] = ("zg", "zr", "zi")
+
+#: ZTF filter id (1, 2, 3) for each filter code.
+FILTER_IDS: dict[str, int] = {"zg": 1, "zr": 2, "zi": 3}
+
+#: Program ids: 1 public survey, 2 partnership, 3 Caltech. 1 has the short proprietary
+#: period, 2 and 3 the long one.
+PUBLIC_PROGRAMS: frozenset[int] = frozenset({1})
+PRIVATE_PROGRAMS: frozenset[int] = frozenset({2, 3})
+PROGRAMIDS: frozenset[int] = PUBLIC_PROGRAMS | PRIVATE_PROGRAMS
+
+#: Required columns of an epochal (single exposure-quadrant) catalog and their types.
+EPOCH_COLUMNS: dict[str, pa.DataType] = {
+    "ra": pa.float64(),
+    "dec": pa.float64(),
+    "mjd": pa.float64(),
+    "expid": pa.int64(),
+    "field": pa.int32(),
+    "ccdid": pa.int8(),
+    "qid": pa.int8(),
+    "filtercode": pa.string(),
+    "programid": pa.int8(),
+    "sourceid": pa.int64(),
+    "psfflux": pa.float32(),
+    "psffluxerr": pa.float32(),
+    "mag": pa.float32(),
+    "magerr": pa.float32(),
+    "catflags": pa.int32(),
+    "procversion": pa.int16(),
+}
+
+#: The columns that identify one detection across all files and versions.
+DETECTION_KEY: tuple[str, ...] = ("expid", "ccdid", "qid", "sourceid")
+
+#: The columns that identify one exposure-quadrant; a file holds exactly one.
+EXPOSURE_QUADRANT_KEY: tuple[str, ...] = ("expid", "ccdid", "qid")
+
+#: Required columns of a reference catalog (one per field/ccdid/qid/filtercode).
+REF_COLUMNS: dict[str, pa.DataType] = {
+    "ra": pa.float64(),
+    "dec": pa.float64(),
+    "field": pa.int32(),
+    "ccdid": pa.int8(),
+    "qid": pa.int8(),
+    "filtercode": pa.string(),
+    "refsid": pa.int64(),
+    "refmag": pa.float32(),
+}
+
+#: The columns that identify one reference catalog.
+REF_CATALOG_KEY: tuple[str, ...] = ("field", "ccdid", "qid", "filtercode")
+
+#: Columns lcstore adds to every detection row of a release.
+OBJECTID = "objectid"
+OBJECT_RA = "objra"
+OBJECT_DEC = "objdec"
+HAS_REF = "has_ref"
+
+#: Smallest and largest plausible MJD (1858-11-17 .. 2100-01-01): a guard against
+#: sentinels such as 0 or -999 in time columns.
+MJD_MIN = 0.0
+MJD_MAX = 88069.0
+
+
+def ztf_objectid(field: int, filtercode: str, ccdid: int, qid: int, refsid: int) -> int:
+    """ZTF data-release object id of one reference source.
+
+    ZTF lightcurve releases number objects as
+    ``field * 10**12 + filterid * 10**11 + ccdid * 10**9 + qid * 10**8 + refsid``.
+    lcstore keeps this mapping so that an id a user copied from IRSA still finds the
+    (single) lcstore object that absorbed it.
+    """
+    return (
+        int(field) * 10**12
+        + FILTER_IDS[filtercode] * 10**11
+        + int(ccdid) * 10**9
+        + int(qid) * 10**8
+        + int(refsid)
+    )

@@ -1,0 +1,108 @@
+"""HEALPix math: spatial indices, pixel hierarchy and margins.
+
+Pure functions over numpy arrays; no I/O. All pixels are NESTED. The spatial index of a
+position is its HEALPix order-29 pixel (``_healpix_29``, as in HATS): at order 29 a pixel
+is about 0.4 milliarcseconds across, so it doubles as a stable, position-derived ID.
+"""
+
+from __future__ import annotations
+
+import cdshealpix.nested as cds
+import numpy as np
+from hats.pixel_math.healpix_shim import margin2order, order2mindist
+from hats.pixel_math.spatial_index import SPATIAL_INDEX_COLUMN, SPATIAL_INDEX_ORDER, compute_spatial_index
+
+__all__ = [
+    "SPATIAL_INDEX_COLUMN",
+    "SPATIAL_INDEX_ORDER",
+    "margin_order",
+    "margin_pixels",
+    "neighbour_pixels",
+    "pixel_of",
+    "spatial_index",
+    "unit_vectors",
+]
+
+
+def spatial_index(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    """HEALPix order-29 nested index of each position.
+
+    Parameters
+    ----------
+    ra_deg, dec_deg : numpy.ndarray
+        ICRS right ascension and declination, degrees.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 order-29 pixel of each position.
+    """
+    ra = np.asarray(ra_deg, dtype=np.float64)
+    dec = np.asarray(dec_deg, dtype=np.float64)
+    if len(ra) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.asarray(compute_spatial_index(ra, dec), dtype=np.int64)
+
+
+def pixel_of(index29: np.ndarray | int, order: int) -> np.ndarray | int:
+    """The order-``order`` pixel that contains each order-29 index."""
+    return np.asarray(index29, dtype=np.int64) >> (2 * (SPATIAL_INDEX_ORDER - order))
+
+
+def index_range(order: int, pixel: int) -> tuple[int, int]:
+    """Half-open range ``[lo, hi)`` of order-29 indices inside one pixel."""
+    shift = 2 * (SPATIAL_INDEX_ORDER - order)
+    return int(pixel) << shift, (int(pixel) + 1) << shift
+
+
+def neighbour_pixels(order: int, pixel: int) -> np.ndarray:
+    """The (up to 8) pixels that touch ``pixel`` at the same order, excluding itself."""
+    nbrs = cds.neighbours(np.array([pixel], dtype=np.uint64), order)[0]
+    nbrs = nbrs[nbrs >= 0].astype(np.int64)
+    return np.unique(nbrs[nbrs != pixel])
+
+
+def margin_order(order: int, margin_arcsec: float) -> int:
+    """Finest order whose pixels are still at least ``margin_arcsec`` wide.
+
+    A position within ``margin_arcsec`` of a pixel's boundary then lies in one of the
+    pixel's bordering pixels at that order.
+
+    Raises
+    ------
+    ValueError
+        If the margin is wider than the pixels of ``order`` themselves.
+    """
+    fine = int(margin2order(np.array([margin_arcsec / 60.0]))[0])
+    if fine <= order:
+        width = order2mindist(order) * 60.0
+        raise ValueError(
+            f"margin of {margin_arcsec} arcsec does not fit pixels of order {order} "
+            f"(~{width:.0f} arcsec wide); use a lower partition order"
+        )
+    return min(fine, SPATIAL_INDEX_ORDER)
+
+
+def margin_pixels(order: int, pixel: int, margin_arcsec: float) -> tuple[int, np.ndarray]:
+    """Pixels that cover the band of width ``margin_arcsec`` around ``pixel``.
+
+    Returns
+    -------
+    fine_order : int
+        The order of the returned pixels (see :func:`margin_order`).
+    pixels : numpy.ndarray
+        Sorted int64 pixels at ``fine_order`` that border ``pixel`` from outside. Every
+        position within ``margin_arcsec`` of the pixel, and outside it, lies in one.
+    """
+    fine = margin_order(order, margin_arcsec)
+    edges, corners = cds.external_neighbours(np.array([pixel], dtype=np.uint64), order, fine - order)
+    pixels = np.concatenate([edges[0], corners[0]])
+    return fine, np.unique(pixels[pixels >= 0].astype(np.int64))
+
+
+def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
+    """Cartesian unit vectors, shape (n, 3), of positions given in degrees."""
+    ra = np.radians(np.asarray(ra_deg, dtype=np.float64))
+    dec = np.radians(np.asarray(dec_deg, dtype=np.float64))
+    cos_dec = np.cos(dec)
+    return np.column_stack([cos_dec * np.cos(ra), cos_dec * np.sin(ra), np.sin(dec)])

@@ -1,0 +1,96 @@
+"""Spatial indexing: which HEALPix pixel each row belongs to, and the partition plan.
+
+Two pixelisations are used.
+
+* **Work pixels** are fixed-order pixels (the store's ``work_order``). Ingest files every
+  detection and reference source under the work pixel of its position; the match step
+  runs once per work pixel, reading the pixel plus a margin band around it.
+* **Release partitions** are the adaptive HATS partitions of the published catalogs:
+  as coarse as possible while holding at most ``max_rows`` rows, as HATS import does.
+
+Pure numpy; no I/O, no Dask.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lcstore.healpix import SPATIAL_INDEX_ORDER, margin_pixels, pixel_of
+
+
+def histogram(index29: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse row-count histogram at ``order``: (pixels, counts), pixels sorted."""
+    return np.unique(pixel_of(index29, order), return_counts=True)
+
+
+def merge_histograms(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Sum sparse histograms of the same order."""
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    pixels = np.concatenate([p for p, _ in parts])
+    counts = np.concatenate([c for _, c in parts])
+    unique, inverse = np.unique(pixels, return_inverse=True)
+    return unique, np.bincount(inverse, weights=counts, minlength=len(unique)).astype(np.int64)
+
+
+def plan_partitions(
+    pixels: np.ndarray, counts: np.ndarray, hist_order: int, max_rows: int, min_order: int = 0
+) -> list[tuple[int, int, int]]:
+    """Adaptive partitions: the coarsest pixels that hold at most ``max_rows`` rows.
+
+    Parameters
+    ----------
+    pixels, counts : numpy.ndarray
+        Sparse histogram of rows at ``hist_order`` (see :func:`histogram`).
+    hist_order : int
+        Order of the histogram, and the finest order a partition may have. A pixel of
+        this order is never split further, even if it holds more than ``max_rows``.
+    max_rows : int
+        Largest number of rows a partition should hold.
+    min_order : int
+        Coarsest order a partition may have.
+
+    Returns
+    -------
+    list of (order, pixel, rows)
+        Non-overlapping, non-empty partitions, sorted by their order-29 range.
+    """
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+    out: list[tuple[int, int, int]] = []
+
+    def visit(order: int, lo: int, hi: int) -> None:
+        # pixels[lo:hi] are the histogram bins inside this pixel; all nonempty.
+        shift = 2 * (hist_order - order)
+        total = int(counts[lo:hi].sum())
+        if order >= min_order and (total <= max_rows or order == hist_order):
+            out.append((order, int(pixels[lo] >> shift), total))
+            return
+        child_shift = 2 * (hist_order - order - 1)
+        children = pixels[lo:hi] >> child_shift
+        bounds = np.flatnonzero(np.diff(children)) + 1
+        starts = np.concatenate([[0], bounds]) + lo
+        ends = np.concatenate([bounds, [hi - lo]]) + lo
+        for start, end in zip(starts, ends, strict=True):
+            visit(order + 1, int(start), int(end))
+
+    order0 = pixels >> (2 * hist_order)
+    for top in np.unique(order0):
+        lo, hi = np.searchsorted(order0, [top, top + 1])
+        visit(0, int(lo), int(hi))
+    return out
+
+
+def partition_of(index29: np.ndarray, partitions: list[tuple[int, int, int]]) -> np.ndarray:
+    """Position in ``partitions`` of the partition holding each order-29 index."""
+    starts = np.array([p << (2 * (SPATIAL_INDEX_ORDER - o)) for o, p, _ in partitions], dtype=np.int64)
+    return np.searchsorted(starts, index29, side="right") - 1
+
+
+def margin_mask(index29: np.ndarray, order: int, pixel: int, margin_arcsec: float) -> np.ndarray:
+    """Rows of a neighbouring pixel that lie in the margin band of ``pixel``.
+
+    The band is a superset of the positions within ``margin_arcsec`` of the pixel.
+    """
+    fine_order, band = margin_pixels(order, pixel, margin_arcsec)
+    return np.isin(pixel_of(index29, fine_order), band)

@@ -1,0 +1,104 @@
+"""The store: one directory holding staged inputs, the ledger and every published release.
+
+Layout::
+
+    STORE/store.json                 format version and the work-pixel order
+    STORE/staging/, STORE/ledger/    ingested inputs (see lcstore.ingest)
+    STORE/releases/<NAME>/           published releases, immutable
+        release.json                 what the release is: cutoffs, parameters, counts
+        objects/                     HATS catalog, one row per object
+        detections/                  HATS catalog, one row per detection
+        refmap.parquet               reference source -> objectid (ZTF-style IDs)
+    STORE/LATEST                     name of the latest release
+    STORE/tmp/                       builds in progress
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+from lcstore.errors import ReleaseNotFoundError, StoreError
+
+FORMAT_VERSION = 1
+
+#: Default order of the work pixels (about 0.9 degrees across at order 6).
+DEFAULT_WORK_ORDER = 6
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace a small text file so that readers see the old or the new content, never a mix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class Store:
+    """A store directory.
+
+    Parameters
+    ----------
+    path : str or Path
+        The store's root directory.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "store.json"
+
+    def exists(self) -> bool:
+        return self.config_path.is_file()
+
+    def config(self) -> dict:
+        if not self.exists():
+            raise StoreError(f"{self.path} is not an lcstore store (no store.json); run 'lcstore build' first")
+        return json.loads(self.config_path.read_text())
+
+    def create(self, work_order: int = DEFAULT_WORK_ORDER) -> None:
+        """Create the store if needed; an existing store keeps its own settings."""
+        if self.exists():
+            return
+        write_text_atomic(
+            self.config_path, json.dumps({"format_version": FORMAT_VERSION, "work_order": work_order}, indent=2)
+        )
+
+    @property
+    def work_order(self) -> int:
+        return int(self.config()["work_order"])
+
+    def release_dir(self, name: str) -> Path:
+        return self.path / "releases" / name
+
+    def releases(self) -> list[str]:
+        """Names of the published releases, oldest first."""
+        folder = self.path / "releases"
+        if not folder.is_dir():
+            return []
+        found = [p for p in folder.iterdir() if (p / "release.json").is_file()]
+        return [p.name for p in sorted(found, key=lambda p: json.loads((p / "release.json").read_text())["created"])]
+
+    def latest(self) -> str:
+        """Name of the latest published release."""
+        pointer = self.path / "LATEST"
+        if not pointer.is_file():
+            raise ReleaseNotFoundError(f"store {self.path} has no published release yet")
+        return pointer.read_text().strip()
+
+    def resolve(self, release: str | None) -> Path:
+        """Directory of a release by name, or of the latest one."""
+        self.config()
+        name = release if release is not None else self.latest()
+        folder = self.release_dir(name)
+        if not (folder / "release.json").is_file():
+            known = ", ".join(self.releases()) or "none"
+            raise ReleaseNotFoundError(f"no release {name!r} in store {self.path} (releases: {known})")
+        return folder

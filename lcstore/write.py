@@ -1,0 +1,229 @@
+"""Write: assemble the matched rows into the release's two HATS catalogs.
+
+The match step leaves its output filed by *owner* work pixel (the work pixel of each
+object's position). This step cuts it into the release's adaptive partitions, sorts each
+partition so that one object's lightcurve is contiguous (by ``_healpix_29``, then
+``objectid``, then time), writes it as a HATS leaf file with small row groups (so a cone
+search reads only the row groups it needs), and computes the per-object statistics from
+the detections. Finally it writes the HATS metadata files.
+
+Catalog layout (HATS)::
+
+    <catalog>/hats.properties
+    <catalog>/partition_info.csv
+    <catalog>/dataset/_common_metadata, _metadata
+    <catalog>/dataset/Norder=<k>/Dir=<d>/Npix=<n>.parquet
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import hats
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from hats.catalog import PartitionInfo, TableProperties
+from hats.io import paths
+from hats.pixel_math import HealpixPixel
+
+from lcstore import schema
+from lcstore.healpix import SPATIAL_INDEX_COLUMN, index_range
+
+#: Rows per Parquet row group in release files: small enough that a cone search reads
+#: little more than it needs, large enough to keep per-group overhead low.
+ROW_GROUP_ROWS = 20_000
+
+_SORT_COLUMNS = [SPATIAL_INDEX_COLUMN, schema.OBJECTID, "mjd", *schema.DETECTION_KEY]
+
+
+def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
+    """Write a Parquet file so that it appears whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp, row_group_size=row_group_size, write_statistics=True)
+    os.replace(tmp, path)
+
+
+def owner_pixels(order: int, pixel: int, work_order: int, available: set[int]) -> list[int]:
+    """Work pixels whose owned rows may fall in partition (order, pixel)."""
+    if order >= work_order:
+        candidates = [pixel >> (2 * (order - work_order))]
+    else:
+        shift = 2 * (work_order - order)
+        candidates = range(pixel << shift, (pixel + 1) << shift)
+    return [p for p in candidates if p in available]
+
+
+def _read_owned(folder: Path, owners: list[int], order: int, pixel: int, nested: bool) -> pa.Table | None:
+    lo, hi = index_range(order, pixel)
+    tables = []
+    for owner in owners:
+        files = sorted((folder / str(owner)).glob("*.parquet")) if nested else [folder / f"{owner}.parquet"]
+        for f in files:
+            t = pq.read_table(f)
+            idx = t.column(SPATIAL_INDEX_COLUMN).to_numpy()
+            tables.append(t.filter(pa.array((idx >= lo) & (idx < hi))))
+    if not tables:
+        return None
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def conform(table: pa.Table, target: pa.Schema) -> pa.Table:
+    """Cast ``table`` to ``target``, adding null columns it lacks, in the target's order."""
+    columns = []
+    for field in target:
+        if field.name in table.column_names:
+            columns.append(table.column(field.name).cast(field.type))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.table(columns, schema=target)
+
+
+def sort_lightcurves(table: pa.Table) -> pa.Table:
+    """Sort rows so each object's detections are contiguous and in time order."""
+    return table.sort_by([(c, "ascending") for c in _SORT_COLUMNS])
+
+
+def object_statistics(dets: pd.DataFrame) -> pd.DataFrame:
+    """Per-object, per-band statistics of a set of detections.
+
+    For each band ``f`` in zg, zr, zi: ``nobs_f`` (all detections), ``ngood_f``
+    (``catflags == 0`` and finite mag), ``mean_mag_f`` and ``std_mag_f`` (of the good
+    ones; std is the sample standard deviation, NaN below 2 points), ``first_mjd_f`` and
+    ``last_mjd_f`` (of all detections, MJD).
+    """
+    good = (dets["catflags"] == 0) & np.isfinite(dets["mag"])
+    frame = pd.DataFrame(
+        {
+            "objectid": dets["objectid"].to_numpy(),
+            "filtercode": dets["filtercode"].astype(str).to_numpy(),
+            "mjd": dets["mjd"].to_numpy(),
+            "good_mag": dets["mag"].where(good).astype(np.float64).to_numpy(),
+            "good": good.to_numpy(),
+        }
+    )
+    grouped = frame.groupby(["objectid", "filtercode"], sort=True)
+    stats = pd.DataFrame(
+        {
+            "nobs": grouped.size(),
+            "ngood": grouped["good"].sum(),
+            "mean_mag": grouped["good_mag"].mean(),
+            "std_mag": grouped["good_mag"].std(ddof=1),
+            "first_mjd": grouped["mjd"].min(),
+            "last_mjd": grouped["mjd"].max(),
+        }
+    ).unstack("filtercode")
+    out = pd.DataFrame(index=stats.index)
+    for band in schema.FILTERCODES:
+        for stat in ("nobs", "ngood", "mean_mag", "std_mag", "first_mjd", "last_mjd"):
+            col = stats[(stat, band)] if (stat, band) in stats.columns else pd.Series(np.nan, index=stats.index)
+            out[f"{stat}_{band}"] = col
+    for band in schema.FILTERCODES:
+        for stat in ("nobs", "ngood"):
+            out[f"{stat}_{band}"] = out[f"{stat}_{band}"].fillna(0).astype(np.int32)
+        for stat in ("mean_mag", "std_mag"):
+            out[f"{stat}_{band}"] = out[f"{stat}_{band}"].astype(np.float32)
+    return out.reset_index()
+
+
+def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
+    (alo, ahi), (blo, bhi) = index_range(*a), index_range(*b)
+    return alo < bhi and blo < ahi
+
+
+def write_detection_partition(
+    work_dir: str,
+    order: int,
+    pixel: int,
+    work_order: int,
+    owners_available: set[int],
+    target: pa.Schema,
+    catalog_dir: str,
+) -> int:
+    """Write one detections partition and its objects' statistics; return its row count.
+
+    The statistics go to ``<work_dir>/objstats/<order>-<pixel>.parquet``.
+    """
+    owners = owner_pixels(order, pixel, work_order, owners_available)
+    table = _read_owned(Path(work_dir) / "detections", owners, order, pixel, nested=True)
+    table = sort_lightcurves(conform(table, target))
+    path = paths.pixel_catalog_file(catalog_dir, HealpixPixel(order, pixel))
+    atomic_write_table(table, Path(path), row_group_size=ROW_GROUP_ROWS)
+    frame = table.select(["objectid", "filtercode", "mjd", "mag", "catflags", SPATIAL_INDEX_COLUMN]).to_pandas()
+    stats = object_statistics(frame).merge(
+        frame[["objectid", SPATIAL_INDEX_COLUMN]].drop_duplicates("objectid"), on="objectid"
+    )
+    atomic_write_table(
+        pa.Table.from_pandas(stats, preserve_index=False),
+        Path(work_dir) / "objstats" / f"{order}-{pixel}.parquet",
+    )
+    return table.num_rows
+
+
+def write_object_partition(
+    work_dir: str,
+    order: int,
+    pixel: int,
+    work_order: int,
+    owners_available: set[int],
+    detection_partitions: list[tuple[int, int]],
+    catalog_dir: str,
+) -> int:
+    """Write one objects partition: object positions joined with their statistics."""
+    owners = owner_pixels(order, pixel, work_order, owners_available)
+    objects = _read_owned(Path(work_dir) / "objects", owners, order, pixel, nested=False).to_pandas()
+    lo, hi = index_range(order, pixel)
+    stats = []
+    for part in detection_partitions:
+        if _overlaps(part, (order, pixel)):
+            s = pd.read_parquet(Path(work_dir) / "objstats" / f"{part[0]}-{part[1]}.parquet")
+            stats.append(s[(s[SPATIAL_INDEX_COLUMN] >= lo) & (s[SPATIAL_INDEX_COLUMN] < hi)])
+    stats_frame = pd.concat(stats, ignore_index=True) if stats else object_statistics(
+        pd.DataFrame({c: [] for c in ["objectid", "filtercode", "mjd", "mag", "catflags"]})
+    )
+    merged = objects.merge(
+        stats_frame.drop(columns=[SPATIAL_INDEX_COLUMN], errors="ignore"),
+        on="objectid", how="left", validate="one_to_one",
+    )
+    for band in schema.FILTERCODES:
+        for stat in ("nobs", "ngood"):
+            merged[f"{stat}_{band}"] = merged[f"{stat}_{band}"].fillna(0).astype(np.int32)
+    merged["nobs"] = sum(merged[f"nobs_{b}"] for b in schema.FILTERCODES).astype(np.int32)
+    merged = merged.sort_values([SPATIAL_INDEX_COLUMN, "objectid"], kind="stable")
+    columns = [c for c in merged.columns if c != SPATIAL_INDEX_COLUMN] + [SPATIAL_INDEX_COLUMN]
+    table = pa.Table.from_pandas(merged[columns], preserve_index=False)
+    path = paths.pixel_catalog_file(catalog_dir, HealpixPixel(order, pixel))
+    atomic_write_table(table, Path(path), row_group_size=ROW_GROUP_ROWS)
+    return table.num_rows
+
+
+def finalize_catalog(
+    catalog_dir: str,
+    name: str,
+    catalog_type: str,
+    partitions: list[tuple[int, int]],
+    total_rows: int,
+    ra_column: str,
+    dec_column: str,
+    extra_properties: dict | None = None,
+) -> None:
+    """Write a HATS catalog's metadata once all its leaf files are written."""
+    pixels = [HealpixPixel(o, p) for o, p in partitions]
+    hats.io.write_parquet_metadata(catalog_dir)
+    PartitionInfo(pixels).write_to_file(catalog_path=catalog_dir)
+    props = TableProperties(
+        catalog_name=name,
+        catalog_type=catalog_type,
+        total_rows=total_rows,
+        ra_column=ra_column,
+        dec_column=dec_column,
+        healpix_column=SPATIAL_INDEX_COLUMN,
+        healpix_order=29,
+        hats_order=max((o for o, _ in partitions), default=0),
+        **(extra_properties or {}),
+    )
+    props.to_properties_file(catalog_dir)

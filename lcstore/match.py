@@ -98,9 +98,7 @@ def _time_order(dets: pd.DataFrame) -> np.ndarray:
     return np.lexsort([dets[c].to_numpy() for c in reversed(["mjd", *schema.DETECTION_KEY])])
 
 
-def match_tables(
-    refs: pd.DataFrame, dets: pa.Table, pixel: int, params: MatchParams
-) -> Matched:
+def match_tables(refs: pd.DataFrame, dets: pa.Table, pixel: int, params: MatchParams) -> Matched:
     """Associate, match and cluster the rows of one work pixel and its margin.
 
     Parameters
@@ -176,8 +174,14 @@ def match_tables(
     ref_inside = pixel_of(refs[SPATIAL_INDEX_COLUMN].to_numpy(), order) == pixel
     refmap = refs.loc[ref_inside, ["field", "ccdid", "qid", "filtercode", "refsid", "ra", "dec"]].copy()
     refmap[schema.OBJECTID] = objects[schema.OBJECTID].to_numpy()[assoc.source_object[ref_inside]]
-    refmap.insert(0, "ztf_oid", [schema.ztf_objectid(*k) for k in refmap[
-        ["field", "filtercode", "ccdid", "qid", "refsid"]].itertuples(index=False)])
+    refmap.insert(
+        0,
+        "ztf_oid",
+        [
+            schema.ztf_objectid(*k)
+            for k in refmap[["field", "filtercode", "ccdid", "qid", "refsid"]].itertuples(index=False)
+        ],
+    )
     return Matched(detections=out, objects=own.reset_index(drop=True), refmap=refmap[REFMAP_COLUMNS])
 
 
@@ -218,9 +222,13 @@ def match_pixel(
     """
     refs_table = _read_with_margin(store, REFS, pixel, batches, excluded_units, params)
     dets = _read_with_margin(store, EPOCHS, pixel, batches, excluded_units, params)
-    refs = refs_table.to_pandas() if refs_table is not None else pd.DataFrame(
-        {c: pd.Series(dtype=t.to_pandas_dtype()) for c, t in schema.REF_COLUMNS.items()}
-        | {SPATIAL_INDEX_COLUMN: pd.Series(dtype=np.int64)}
+    refs = (
+        refs_table.to_pandas()
+        if refs_table is not None
+        else pd.DataFrame(
+            {c: pd.Series(dtype=t.to_pandas_dtype()) for c, t in schema.REF_COLUMNS.items()}
+            | {SPATIAL_INDEX_COLUMN: pd.Series(dtype=np.int64)}
+        )
     )
     if dets is None:
         dets = _empty_detections()

@@ -158,15 +158,21 @@ def _ingest(
         todo = list(fresh.values())
         batches = [todo[i : i + config.files_per_batch] for i in range(0, len(todo), config.files_per_batch)]
         futures = client.map(
-            stage_batch, [kind] * len(batches), batches, store=str(store.path), work_order=store.work_order,
+            stage_batch,
+            [kind] * len(batches),
+            batches,
+            store=str(store.path),
+            work_order=store.work_order,
             pure=False,
         )
         results: list[BatchResult] = client.gather(futures)
         for r in results:
             report.files_ingested += r.files
             report.quarantined += [asdict(q) for q in r.quarantined]
-        say(f"  {kind}: {len(files):,} files, {sum(r.files for r in results):,} newly ingested "
-            f"({sum(r.rows for r in results):,} rows)")
+        say(
+            f"  {kind}: {len(files):,} files, {sum(r.files for r in results):,} newly ingested "
+            f"({sum(r.rows for r in results):,} rows)"
+        )
 
 
 def _match(
@@ -184,8 +190,14 @@ def _match(
     params = MatchParams(store.work_order, config.radius_arcsec, config.margin, config.cutoffs)
     excluded = client.scatter(selection.excluded, broadcast=True)
     futures = client.map(
-        match_pixel, pixels, store=str(store.path), batches=batches, excluded_units=excluded,
-        params=params, work_dir=str(work_dir), pure=False,
+        match_pixel,
+        pixels,
+        store=str(store.path),
+        batches=batches,
+        excluded_units=excluded,
+        params=params,
+        work_dir=str(work_dir),
+        pure=False,
     )
     results: list[PixelResult] = client.gather(futures)
     report.work_pixels = len(pixels)
@@ -206,42 +218,70 @@ def _detection_schema(work_dir: Path) -> pa.Schema:
 
 
 def _write(
-    client: Client, config: BuildConfig, store: Store, build_dir: Path, results: list[PixelResult],
+    client: Client,
+    config: BuildConfig,
+    store: Store,
+    build_dir: Path,
+    results: list[PixelResult],
     report: BuildReport,
 ) -> None:
     work_dir = build_dir / "work"
     order = store.work_order
     det_parts = plan_partitions(
-        *merge_histograms([r.detection_hist for r in results]), HISTOGRAM_ORDER, config.detection_partition_rows
+        *merge_histograms([r.detection_hist for r in results]),
+        HISTOGRAM_ORDER,
+        config.detection_partition_rows,
     )
     obj_parts = plan_partitions(
         *merge_histograms([r.object_hist for r in results]), HISTOGRAM_ORDER, config.object_partition_rows
     )
     if not obj_parts:
-        raise LcstoreError("nothing to publish: the inputs hold no reference source and no eligible detection")
+        raise LcstoreError(
+            "nothing to publish: the inputs hold no reference source and no eligible detection"
+        )
     det_dir, obj_dir = build_dir / "detections", build_dir / "objects"
     det_owners = {int(p.name) for p in (work_dir / "detections").iterdir()} if det_parts else set()
     target = _detection_schema(work_dir) if det_parts else None
-    det_rows = client.gather(client.map(
-        lambda part: write_detection_partition(
-            str(work_dir), part[0], part[1], order, det_owners, target, str(det_dir)
-        ),
-        det_parts, pure=False,
-    ))
+    det_rows = client.gather(
+        client.map(
+            lambda part: write_detection_partition(
+                str(work_dir), part[0], part[1], order, det_owners, target, str(det_dir)
+            ),
+            det_parts,
+            pure=False,
+        )
+    )
     det_keys = [(o, p) for o, p, _ in det_parts]
     obj_owners = {r.pixel for r in results}
-    obj_rows = client.gather(client.map(
-        lambda part: write_object_partition(
-            str(work_dir), part[0], part[1], order, obj_owners, det_keys, str(obj_dir)
-        ),
-        obj_parts, pure=False,
-    ))
+    obj_rows = client.gather(
+        client.map(
+            lambda part: write_object_partition(
+                str(work_dir), part[0], part[1], order, obj_owners, det_keys, str(obj_dir)
+            ),
+            obj_parts,
+            pure=False,
+        )
+    )
     name = config.release
     if det_parts:
-        finalize_catalog(str(det_dir), f"{name}_detections", "source", det_keys, int(sum(det_rows)),
-                         schema.OBJECT_RA, schema.OBJECT_DEC)
-    finalize_catalog(str(obj_dir), f"{name}_objects", "object", [(o, p) for o, p, _ in obj_parts],
-                     int(sum(obj_rows)), "ra", "dec")
+        finalize_catalog(
+            str(det_dir),
+            f"{name}_detections",
+            "source",
+            det_keys,
+            int(sum(det_rows)),
+            schema.OBJECT_RA,
+            schema.OBJECT_DEC,
+        )
+    finalize_catalog(
+        str(obj_dir),
+        f"{name}_objects",
+        "object",
+        [(o, p) for o, p, _ in obj_parts],
+        int(sum(obj_rows)),
+        "ra",
+        "dec",
+    )
     refmap_files = sorted((work_dir / "refmap").glob("*.parquet"))
     refmap = pa.concat_tables([pq.read_table(f) for f in refmap_files]).sort_by("ztf_oid")
     pq.write_table(refmap, build_dir / "refmap.parquet")
@@ -249,9 +289,7 @@ def _write(
     report.object_partitions = len(obj_parts)
 
 
-def build_release(
-    config: BuildConfig, client: Client, say: Callable[[str], None] = print
-) -> BuildReport:
+def build_release(config: BuildConfig, client: Client, say: Callable[[str], None] = print) -> BuildReport:
     """Ingest new inputs into the store, build release ``config.release`` and publish it.
 
     Parameters
@@ -276,8 +314,10 @@ def build_release(
     if store.release_dir(config.release).exists():
         raise ReleaseExistsError(f"release {config.release!r} is already published in {store.path}")
     report = BuildReport(release=config.release)
-    say(f"building release {config.release} in {store.path} on {len(client.scheduler_info()['workers'])} "
-        f"worker(s); dashboard: {client.dashboard_link}")
+    say(
+        f"building release {config.release} in {store.path} on {len(client.scheduler_info()['workers'])} "
+        f"worker(s); dashboard: {client.dashboard_link}"
+    )
     build_dir = new_build_dir(store, config.release)
     try:
         with _stage(report, "ingest", say):

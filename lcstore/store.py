@@ -60,7 +60,9 @@ class Store:
 
     def config(self) -> dict:
         if not self.exists():
-            raise StoreError(f"{self.path} is not an lcstore store (no store.json); run 'lcstore build' first")
+            raise StoreError(
+                f"{self.path} is not an lcstore store (no store.json); run 'lcstore build' first"
+            )
         return json.loads(self.config_path.read_text())
 
     def create(self, work_order: int = DEFAULT_WORK_ORDER) -> None:
@@ -68,7 +70,8 @@ class Store:
         if self.exists():
             return
         write_text_atomic(
-            self.config_path, json.dumps({"format_version": FORMAT_VERSION, "work_order": work_order}, indent=2)
+            self.config_path,
+            json.dumps({"format_version": FORMAT_VERSION, "work_order": work_order}, indent=2),
         )
 
     @property
@@ -84,7 +87,10 @@ class Store:
         if not folder.is_dir():
             return []
         found = [p for p in folder.iterdir() if (p / "release.json").is_file()]
-        return [p.name for p in sorted(found, key=lambda p: json.loads((p / "release.json").read_text())["created"])]
+        return [
+            p.name
+            for p in sorted(found, key=lambda p: json.loads((p / "release.json").read_text())["created"])
+        ]
 
     def latest(self) -> str:
         """Name of the latest published release."""

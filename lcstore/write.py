@@ -120,7 +120,9 @@ def object_statistics(dets: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=stats.index)
     for band in schema.FILTERCODES:
         for stat in ("nobs", "ngood", "mean_mag", "std_mag", "first_mjd", "last_mjd"):
-            col = stats[(stat, band)] if (stat, band) in stats.columns else pd.Series(np.nan, index=stats.index)
+            col = (
+                stats[(stat, band)] if (stat, band) in stats.columns else pd.Series(np.nan, index=stats.index)
+            )
             out[f"{stat}_{band}"] = col
     for band in schema.FILTERCODES:
         for stat in ("nobs", "ngood"):
@@ -153,7 +155,9 @@ def write_detection_partition(
     table = sort_lightcurves(conform(table, target))
     path = paths.pixel_catalog_file(catalog_dir, HealpixPixel(order, pixel))
     atomic_write_table(table, Path(path), row_group_size=ROW_GROUP_ROWS)
-    frame = table.select(["objectid", "filtercode", "mjd", "mag", "catflags", SPATIAL_INDEX_COLUMN]).to_pandas()
+    frame = table.select(
+        ["objectid", "filtercode", "mjd", "mag", "catflags", SPATIAL_INDEX_COLUMN]
+    ).to_pandas()
     stats = object_statistics(frame).merge(
         frame[["objectid", SPATIAL_INDEX_COLUMN]].drop_duplicates("objectid"), on="objectid"
     )
@@ -182,12 +186,18 @@ def write_object_partition(
         if _overlaps(part, (order, pixel)):
             s = pd.read_parquet(Path(work_dir) / "objstats" / f"{part[0]}-{part[1]}.parquet")
             stats.append(s[(s[SPATIAL_INDEX_COLUMN] >= lo) & (s[SPATIAL_INDEX_COLUMN] < hi)])
-    stats_frame = pd.concat(stats, ignore_index=True) if stats else object_statistics(
-        pd.DataFrame({c: [] for c in ["objectid", "filtercode", "mjd", "mag", "catflags"]})
+    stats_frame = (
+        pd.concat(stats, ignore_index=True)
+        if stats
+        else object_statistics(
+            pd.DataFrame({c: [] for c in ["objectid", "filtercode", "mjd", "mag", "catflags"]})
+        )
     )
     merged = objects.merge(
         stats_frame.drop(columns=[SPATIAL_INDEX_COLUMN], errors="ignore"),
-        on="objectid", how="left", validate="one_to_one",
+        on="objectid",
+        how="left",
+        validate="one_to_one",
     )
     for band in schema.FILTERCODES:
         for stat in ("nobs", "ngood"):

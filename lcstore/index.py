@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lcstore.healpix import SPATIAL_INDEX_ORDER, margin_pixels, pixel_of
+from lcstore.healpix import SPATIAL_INDEX_ORDER, index_range, margin_pixels, pixel_of
 
 
 def histogram(index29: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,6 +79,12 @@ def plan_partitions(
         lo, hi = np.searchsorted(order0, [top, top + 1])
         visit(0, int(lo), int(hi))
     return out
+
+
+def index_range_of_partitions(partitions: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Order-29 index ranges [lo, hi) of each partition."""
+    bounds = np.array([index_range(o, p) for o, p, _ in partitions], dtype=np.int64).reshape(-1, 2)
+    return bounds[:, 0], bounds[:, 1]
 
 
 def partition_of(index29: np.ndarray, partitions: list[tuple[int, int, int]]) -> np.ndarray:

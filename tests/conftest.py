@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 #: Real public survey excerpts next to the repository (read-only; see its README.md).
@@ -45,3 +46,112 @@ def build(client):
         return build_release(config, client, say=lambda _: None)
 
     return _build
+
+
+@pytest.fixture(scope="session")
+def tiny_survey(tmp_path_factory):
+    """The simulator's 'tiny' survey, written once per test session."""
+    from lcstore.simulate import PRESETS, simulate
+
+    return simulate(tmp_path_factory.mktemp("tiny") / "survey", PRESETS["tiny"])
+
+
+def _cap(rng, n: int, ra_deg: float, dec_deg: float, radius_deg: float):
+    """``n`` positions uniform in a spherical cap, as unit vectors, shape (n, 3)."""
+    from lcstore.healpix import unit_vectors
+
+    center = unit_vectors([ra_deg], [dec_deg])[0]
+    e1 = np.cross(center, [0.0, 0.0, 1.0] if abs(center[2]) < 0.9 else [1.0, 0.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(center, e1)
+    theta = np.arccos(rng.uniform(np.cos(np.radians(radius_deg)), 1.0, n))
+    phi = rng.uniform(0.0, 2 * np.pi, n)
+    return (
+        np.cos(theta)[:, None] * center
+        + (np.sin(theta) * np.cos(phi))[:, None] * e1
+        + (np.sin(theta) * np.sin(phi))[:, None] * e2
+    )
+
+
+def _radec(xyz):
+    """Right ascension in [0, 360) and declination, degrees, of (jittered) vectors."""
+    xyz = xyz / np.linalg.norm(xyz, axis=1, keepdims=True)
+    ra = np.degrees(np.arctan2(xyz[:, 1], xyz[:, 0])) % 360.0
+    return np.where(ra >= 360.0, 0.0, ra), np.degrees(np.arcsin(np.clip(xyz[:, 2], -1.0, 1.0)))
+
+
+def write_handmade_survey(folder: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Write a small survey by hand; return its (epochs, refs) directories.
+
+    Three clumps of sources: 400 around (150, +20) degrees, 100 across RA = 0/360 at
+    dec -5 and 100 around the north pole; 3 transients without a reference source. 20
+    epoch files (one exposure-quadrant each, filters zg/zr/zi in turn, MJD 58300.1 +
+    epoch), 2 reference catalogs (zg, zr). catflags is 0, 1 or 32768 and programid 1 or
+    2, so that the query filters have something to drop.
+    """
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    xyz = np.concatenate(
+        [_cap(rng, 400, 150.0, 20.0, 0.3), _cap(rng, 100, 0.0, -5.0, 0.05), _cap(rng, 100, 0.0, 90.0, 0.05)]
+    )
+    transients = _cap(rng, 3, 150.0, 20.0, 0.2)
+    epochs, refs = folder / "epochs", folder / "refs"
+    epochs.mkdir(parents=True)
+    refs.mkdir(parents=True)
+    for filtercode in ("zg", "zr"):
+        keep = rng.random(len(xyz)) < 0.9
+        ra, dec = _radec(xyz[keep])
+        ref = pd.DataFrame(
+            {
+                "ra": ra,
+                "dec": dec,
+                "field": 1,
+                "ccdid": 1,
+                "qid": 1,
+                "filtercode": filtercode,
+                "refsid": np.arange(1, keep.sum() + 1),
+                "refmag": rng.uniform(15.0, 20.0, keep.sum()),
+            }
+        )
+        pq.write_table(pa.Table.from_pandas(ref, preserve_index=False), refs / f"ref_{filtercode}.parquet")
+    jitter = np.radians(0.15 / 3600.0)
+    for e in range(20):
+        sources = np.concatenate([xyz, transients]) if 5 <= e < 9 else xyz
+        seen = sources[rng.random(len(sources)) < 0.9]
+        ra, dec = _radec(seen + rng.normal(0.0, jitter, seen.shape))
+        n = len(ra)
+        epoch = pd.DataFrame(
+            {
+                "ra": ra,
+                "dec": dec,
+                "mjd": 58300.1 + e,
+                "expid": 1000 + e,
+                "field": 1,
+                "ccdid": 1,
+                "qid": 1,
+                "filtercode": ("zg", "zr", "zi")[e % 3],
+                "programid": 2 if e % 4 == 0 else 1,
+                "sourceid": np.arange(n),
+                "psfflux": 1.0,
+                "psffluxerr": 0.1,
+                "mag": rng.normal(18.0, 0.1, n),
+                "magerr": 0.05,
+                "catflags": rng.choice([0, 0, 0, 0, 1, 32768], n),
+                "procversion": 1,
+                "chi": 1.0,
+            }
+        )
+        pq.write_table(pa.Table.from_pandas(epoch, preserve_index=False), epochs / f"epoch_{e:02d}.parquet")
+    return epochs, refs
+
+
+@pytest.fixture(scope="session")
+def query_store(tmp_path_factory, build) -> Path:
+    """A store with one release, DR1, of :func:`write_handmade_survey`, in several partitions."""
+    root = tmp_path_factory.mktemp("query")
+    epochs, refs = write_handmade_survey(root / "survey")
+    build(epochs, refs, root / "store", "DR1", detection_partition_rows=2000, object_partition_rows=100)
+    return root / "store"

@@ -1,0 +1,99 @@
+"""Ingest: validation, quarantine with clear reasons, redelivery and the ledger."""
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lcstore.errors import InputFileError
+from lcstore.ingest import EPOCHS, hash_file, read_ledger, read_units, stage_batch, validate_epochs
+
+
+@pytest.fixture
+def good_epoch(tiny_survey) -> pd.DataFrame:
+    first = sorted(tiny_survey.epochs_dir.rglob("*_v1.parquet"))[0]
+    return pd.read_parquet(first)
+
+
+def _write(frame: pd.DataFrame, path) -> str:
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+    return str(path)
+
+
+BROKEN = {
+    "missing_dec": (lambda f: f.drop(columns=["dec"]), "missing required column"),
+    "nan_ra": (lambda f: f.assign(ra=np.where(np.arange(len(f)) == 0, np.nan, f["ra"])), "NaN"),
+    "inf_dec": (lambda f: f.assign(dec=np.where(np.arange(len(f)) == 0, np.inf, f["dec"])), "infinite"),
+    "dec_91": (lambda f: f.assign(dec=91.0), "dec outside"),
+    "ra_360": (lambda f: f.assign(ra=360.0), "ra outside"),
+    "bad_mjd": (lambda f: f.assign(mjd=-1.0), "mjd"),
+    "unknown_filter": (lambda f: f.assign(filtercode="zz"), "unknown filtercode"),
+    "unknown_program": (lambda f: f.assign(programid=7), "unknown programid"),
+    "duplicate_rows": (lambda f: pd.concat([f, f.iloc[:1]]), "duplicate detection key"),
+    "empty": (lambda f: f.iloc[:0], "no rows"),
+    "string_ra": (lambda f: f.assign(ra="a"), "column 'ra'"),
+    "two_exposures": (lambda f: f.assign(expid=np.arange(len(f))), "more than one exposure-quadrant"),
+    "reserved_name": (lambda f: f.assign(_unit=1), "reserved"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_epoch_files_are_refused_with_file_and_reason(tmp_path, good_epoch, case):
+    breaker, reason = BROKEN[case]
+    path = _write(breaker(good_epoch.copy()), tmp_path / f"{case}.parquet")
+    with pytest.raises(InputFileError, match=reason) as err:
+        read_units(EPOCHS, path)
+    assert err.value.path == path
+    assert path in str(err.value)
+
+
+def test_truncated_parquet_is_refused(tmp_path, good_epoch):
+    path = _write(good_epoch, tmp_path / "whole.parquet")
+    data = open(path, "rb").read()
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputFileError, match="unreadable Parquet"):
+        read_units(EPOCHS, str(cut))
+
+
+def test_extra_columns_pass_through(tmp_path, good_epoch):
+    path = _write(good_epoch.assign(seeing=np.float32(1.8)), tmp_path / "extra.parquet")
+    [(key, table)] = read_units(EPOCHS, path)
+    assert "seeing" in table.column_names
+    assert table.schema.field("ra").type == pa.float64()
+
+
+def test_validate_casts_compatible_types(good_epoch):
+    table = validate_epochs(good_epoch.astype({"ccdid": "int64", "mag": "float64"}), "x.parquet")
+    assert table.schema.field("ccdid").type == pa.int8()
+    assert table.schema.field("mag").type == pa.float32()
+
+
+def test_stage_batch_quarantines_bad_files_and_stages_the_rest(tmp_path, good_epoch):
+    good = _write(good_epoch, tmp_path / "good.parquet")
+    bad = _write(good_epoch.drop(columns=["mag"]), tmp_path / "bad.parquet")
+    store = tmp_path / "store"
+    result = stage_batch(EPOCHS, [hash_file(good), hash_file(bad)], str(store), work_order=6)
+    assert result.files == 1 and result.rows == len(good_epoch)
+    assert [q.path for q in result.quarantined] == [bad]
+    assert "mag" in result.quarantined[0].reason
+    ledger = read_ledger(store)
+    assert ledger["path"].tolist() == [good]
+    assert ledger["nrows"].sum() == len(good_epoch)
+
+
+def test_batch_without_ledger_file_is_invisible(tmp_path, good_epoch):
+    """A batch that died before its ledger file was written does not count."""
+    from lcstore.ingest import staged_files, staged_pixels
+
+    good = _write(good_epoch, tmp_path / "good.parquet")
+    store = tmp_path / "store"
+    result = stage_batch(EPOCHS, [hash_file(good)], str(store), work_order=6)
+    shutil.rmtree(store / "ledger")
+    assert read_ledger(store).empty
+    pixel = staged_pixels(store, EPOCHS)[0]
+    assert staged_files(store, EPOCHS, pixel, set()) == []
+    assert staged_files(store, EPOCHS, pixel, {result.batch}) != []

@@ -1,0 +1,187 @@
+"""The release build against the simulator's ground truth.
+
+Every eligible detection must appear exactly once, with the object of the true source
+that made it; nothing superseded or embargoed may appear; object IDs must not depend on
+how the sky is partitioned.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pds
+import pytest
+from hats.io.validation import is_valid_catalog
+
+from lcstore.embargo import Cutoffs, eligible, parse_date
+from lcstore.errors import ReleaseExistsError
+from lcstore.simulate import PRESETS, load_truth, simulate
+
+KEY = ["expid", "ccdid", "qid", "sourceid", "procversion"]
+
+
+def read_catalog(release_dir, name) -> pd.DataFrame:
+    return pds.dataset(release_dir / name / "dataset", format="parquet").to_table().to_pandas()
+
+
+def expected_rows(truth, public: str, private: str) -> pd.DataFrame:
+    d = truth.detections
+    cut = Cutoffs(parse_date(public), parse_date(private))
+    return d[d["current"] & eligible(d["programid"].to_numpy(), d["mjd"].to_numpy(), cut)]
+
+
+def match_quality(dets: pd.DataFrame) -> tuple[float, float]:
+    """Purity and completeness of objects against true sources, per detection."""
+    obj_major = dets.groupby("objectid")["truth_id"].agg(lambda s: s.value_counts().index[0])
+    src_major = dets.groupby("truth_id")["objectid"].agg(lambda s: s.value_counts().index[0])
+    purity = (dets["truth_id"].to_numpy() == obj_major.loc[dets["objectid"]].to_numpy()).mean()
+    completeness = (dets["objectid"].to_numpy() == src_major.loc[dets["truth_id"]].to_numpy()).mean()
+    return float(purity), float(completeness)
+
+
+def check_release(survey_dir, store, name, public, private, min_quality=0.999):
+    truth = load_truth(survey_dir)
+    release = store / "releases" / name
+    dets = read_catalog(release, "detections")
+    objects = read_catalog(release, "objects")
+    want = expected_rows(truth, public, private)
+    # Nothing lost, duplicated, leaked or superseded.
+    assert not dets.duplicated(KEY).any(), "duplicated detections"
+    got_keys = pd.MultiIndex.from_frame(dets[KEY])
+    want_keys = pd.MultiIndex.from_frame(want[KEY])
+    assert len(want_keys.difference(got_keys)) == 0, "lost detections"
+    assert len(got_keys.difference(want_keys)) == 0, "leaked, superseded or unknown detections"
+    # Matching against truth.
+    dets = dets.merge(want[[*KEY, "truth_id"]], on=KEY, validate="one_to_one")
+    purity, completeness = match_quality(dets)
+    assert purity >= min_quality and completeness >= min_quality, (purity, completeness)
+    # Objects: one row each, every detection's object present, no empty detection-only object.
+    assert objects["objectid"].is_unique
+    assert set(dets["objectid"]) <= set(objects["objectid"])
+    det_only = objects[~objects["has_ref"]]
+    assert (det_only["nobs"] > 0).all()
+    assert set(det_only["objectid"]) <= set(dets["objectid"])
+    counts = dets.groupby("objectid").size()
+    assert (objects.set_index("objectid").loc[counts.index, "nobs"] == counts).all()
+    # Each transient is a detection-only object.
+    kinds = truth.sources.set_index("truth_id")["kind"]
+    transient_rows = dets[kinds.loc[dets["truth_id"]].to_numpy() == "transient"]
+    assert not transient_rows["has_ref"].any()
+    # Sorted so that each lightcurve is contiguous within its partition file.
+    for frag in pds.dataset(release / "detections" / "dataset", format="parquet").get_fragments():
+        part = frag.to_table(columns=["objectid", "mjd", "_healpix_29"]).to_pandas()
+        assert part["_healpix_29"].is_monotonic_increasing
+        runs = (part["objectid"] != part["objectid"].shift()).sum()
+        assert runs == part["objectid"].nunique()
+    logging.getLogger().setLevel(logging.ERROR)
+    for catalog in ("objects", "detections"):
+        assert is_valid_catalog(release / catalog, strict=True)
+    return dets, objects
+
+
+@pytest.mark.parametrize("preset", ["tiny", "pole", "ra-wrap"])
+def test_release_matches_truth(tmp_path, build, preset):
+    survey = simulate(tmp_path / "survey", PRESETS[preset])
+    truth = load_truth(tmp_path / "survey")
+    mid = truth.detections["mjd"].quantile(0.5)
+    public = str(parse_date("1858-11-17") + pd.Timedelta(days=int(mid)))
+    private = str(parse_date("1858-11-17") + pd.Timedelta(days=int(truth.detections["mjd"].quantile(0.3))))
+    report = build(
+        survey.epochs_dir,
+        survey.refs_dir,
+        tmp_path / "store",
+        "DR1",
+        public,
+        private,
+        detection_partition_rows=500,
+        object_partition_rows=50,
+    )
+    assert report.files_duplicate == PRESETS[preset].n_redelivered
+    assert report.quarantined == []
+    assert report.units_superseded > 0
+    check_release(tmp_path / "survey", tmp_path / "store", "DR1", public, private)
+
+
+@pytest.mark.slow
+def test_crowded_field_purity_and_completeness(tmp_path, build):
+    survey = simulate(tmp_path / "survey", PRESETS["crowded"])
+    build(survey.epochs_dir, survey.refs_dir, tmp_path / "store", "DR1")
+    check_release(tmp_path / "survey", tmp_path / "store", "DR1", "2030-01-01", "2030-01-01")
+
+
+def test_object_ids_do_not_depend_on_partitioning(tmp_path, build, tiny_survey):
+    """Work pixels of order 4 (~3.7 deg) and 10 (~3.4 arcmin) must give identical releases."""
+    results = []
+    for order in (4, 10):
+        store = tmp_path / f"store{order}"
+        build(
+            tiny_survey.epochs_dir,
+            tiny_survey.refs_dir,
+            store,
+            "DR1",
+            work_order=order,
+            detection_partition_rows=300 if order == 10 else 10**6,
+        )
+        dets = read_catalog(store / "releases" / "DR1", "detections")
+        results.append(dets.sort_values(KEY).reset_index(drop=True))
+    coarse, fine = results
+    assert len(coarse) == len(fine)
+    assert (coarse["objectid"].to_numpy() == fine["objectid"].to_numpy()).all()
+
+
+def test_republishing_a_release_name_is_refused_and_harmless(tmp_path, build, tiny_survey):
+    store = tmp_path / "store"
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1")
+    before = sorted(p.stat().st_mtime_ns for p in (store / "releases" / "DR1").rglob("*") if p.is_file())
+    with pytest.raises(ReleaseExistsError):
+        build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1")
+    after = sorted(p.stat().st_mtime_ns for p in (store / "releases" / "DR1").rglob("*") if p.is_file())
+    assert before == after
+    assert (store / "LATEST").read_text().strip() == "DR1"
+    assert list((store / "tmp").iterdir()) == []
+
+
+def test_second_release_ingests_nothing_twice_and_keeps_ids(tmp_path, build, tiny_survey):
+    store = tmp_path / "store"
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1", "2018-05-01", "2018-04-01")
+    report = build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR2")
+    assert report.files_ingested == 0
+    assert report.files_already_ingested > 0
+    dr1 = read_catalog(store / "releases" / "DR1", "detections").set_index(KEY)["objectid"]
+    dr2 = read_catalog(store / "releases" / "DR2", "detections").set_index(KEY)["objectid"]
+    assert set(dr1.index) <= set(dr2.index)
+    ref_rows = read_catalog(store / "releases" / "DR1", "detections").set_index(KEY)["has_ref"]
+    common = dr1.index[ref_rows.to_numpy()]
+    assert (dr1.loc[common] == dr2.loc[common]).all()
+    assert (store / "LATEST").read_text().strip() == "DR2"
+
+
+def test_lsdb_opens_both_catalogs(tmp_path, build, tiny_survey):
+    import lsdb
+
+    store = tmp_path / "store"
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1")
+    release = store / "releases" / "DR1"
+    objects = lsdb.open_catalog(release / "objects")
+    detections = lsdb.open_catalog(release / "detections")
+    assert len(objects.compute()) == len(read_catalog(release, "objects"))
+    assert len(detections.compute()) == len(read_catalog(release, "detections"))
+    objs = read_catalog(release, "objects")
+    obj = objs[objs["nobs"] > 0].iloc[0]
+    lc = detections.cone_search(obj["ra"], obj["dec"], 0.5).compute()
+    assert set(lc["objectid"]) == {obj["objectid"]}
+    assert len(lc) == obj["nobs"]
+
+
+def test_ledger_records_quarantine_and_bad_files_do_not_stop_the_build(tmp_path, build, tiny_survey):
+    import shutil
+
+    epochs = tmp_path / "epochs"
+    shutil.copytree(tiny_survey.epochs_dir, epochs)
+    (epochs / "broken.parquet").write_bytes(b"PAR1 not really parquet")
+    report = build(epochs, tiny_survey.refs_dir, tmp_path / "store", "DR1")
+    assert [q["path"] for q in report.quarantined] == [str(epochs / "broken.parquet")]
+    assert "unreadable Parquet" in report.quarantined[0]["reason"]
+    assert report.detections == int(load_truth(tiny_survey.out_dir).detections["current"].sum())

@@ -1,6 +1,7 @@
 """Ingest: validation, quarantine with clear reasons, redelivery and the ledger."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -52,7 +53,7 @@ def test_broken_epoch_files_are_refused_with_file_and_reason(tmp_path, good_epoc
 
 def test_truncated_parquet_is_refused(tmp_path, good_epoch):
     path = _write(good_epoch, tmp_path / "whole.parquet")
-    data = open(path, "rb").read()
+    data = Path(path).read_bytes()
     cut = tmp_path / "cut.parquet"
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputFileError, match="unreadable Parquet"):
@@ -61,7 +62,7 @@ def test_truncated_parquet_is_refused(tmp_path, good_epoch):
 
 def test_extra_columns_pass_through(tmp_path, good_epoch):
     path = _write(good_epoch.assign(seeing=np.float32(1.8)), tmp_path / "extra.parquet")
-    [(key, table)] = read_units(EPOCHS, path)
+    [(_key, table)] = read_units(EPOCHS, path)
     assert "seeing" in table.column_names
     assert table.schema.field("ra").type == pa.float64()
 

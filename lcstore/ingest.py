@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lcstore import schema
@@ -61,6 +62,9 @@ LEDGER_SCHEMA = pa.schema(
         ("qid", pa.int8()),
         ("filtercode", pa.string()),
         ("procversion", pa.int16()),
+        ("programid", pa.int8()),  # epochs: the exposure's program
+        ("mjd", pa.float64()),  # epochs: the exposure's time
+        ("pixels", pa.list_(pa.int64())),  # work pixels the unit's rows fall in
     ]
 )
 
@@ -161,7 +165,7 @@ def _check_positions(table: pa.Table, path: str) -> None:
 
 
 def _check_codes(table: pa.Table, column: str, allowed: Iterable, path: str) -> None:
-    values = set(pa.compute.unique(table.column(column)).to_pylist())
+    values = set(pc.unique(table.column(column)).to_pylist())
     unknown = values - set(allowed)
     if unknown:
         raise InputFileError(path, f"unknown {column} value(s) {sorted(unknown, key=str)}")
@@ -245,8 +249,21 @@ def read_units(kind: str, path: str) -> list[tuple[tuple, pa.Table]]:
     frame = table.select(key_cols).to_pandas()
     units = []
     for key, rows in frame.groupby(key_cols, sort=True).indices.items():
-        units.append((tuple(k.item() if hasattr(k, "item") else k for k in key), table.take(rows)))
+        unit = table.take(rows)
+        if kind == EPOCHS:
+            _check_single_exposure(unit, path)
+        units.append((tuple(k.item() if hasattr(k, "item") else k for k in key), unit))
     return units
+
+
+def _check_single_exposure(unit: pa.Table, path: str) -> None:
+    """An exposure-quadrant has one observation time and one program.
+
+    Embargo and change tracking work per exposure-quadrant, so this must hold.
+    """
+    for column in ("mjd", "programid", "field", "filtercode"):
+        if pc.count_distinct(unit.column(column)).as_py() != 1:
+            raise InputFileError(path, f"rows of one exposure-quadrant disagree on '{column}'")
 
 
 # --------------------------------------------------------------------------- staging
@@ -269,8 +286,8 @@ def _ledger_row(kind: str, key: tuple, table: pa.Table, f: InputFile, batch: str
     row.update(unit=unit, kind=kind, sha256=f.sha256, path=f.path, batch=batch, nrows=table.num_rows)
     if kind == EPOCHS:
         row.update(zip([*schema.EXPOSURE_QUADRANT_KEY, "procversion"], key, strict=True))
-        row["field"] = int(table.column("field")[0].as_py())
-        row["filtercode"] = table.column("filtercode")[0].as_py()
+        for column in ("field", "filtercode", "programid", "mjd"):
+            row[column] = table.column(column)[0].as_py()
     else:
         row.update(zip(schema.REF_CATALOG_KEY, key, strict=True))
     return row
@@ -292,15 +309,16 @@ def stage_batch(kind: str, files: list[InputFile], store: str, work_order: int) 
             continue
         for key, table in units:
             unit = unit_id(f.sha256, key)
-            ledger.append(_ledger_row(kind, key, table, f, batch, unit))
-            tables.append(table.append_column(UNIT_COLUMN, pa.array(np.full(table.num_rows, unit))))
+            index = spatial_index(table.column("ra").to_numpy(), table.column("dec").to_numpy())
+            row = _ledger_row(kind, key, table, f, batch, unit)
+            row["pixels"] = np.unique(pixel_of(index, work_order)).tolist()
+            ledger.append(row)
+            table = table.append_column(UNIT_COLUMN, pa.array(np.full(table.num_rows, unit)))
+            tables.append(table.append_column(SPATIAL_INDEX_COLUMN, pa.array(index)))
     rows = 0
     if tables:
         table = pa.concat_tables(tables, promote_options="permissive")
-        ra = table.column("ra").to_numpy(zero_copy_only=False)
-        dec = table.column("dec").to_numpy(zero_copy_only=False)
-        index = spatial_index(ra, dec)
-        table = table.append_column(SPATIAL_INDEX_COLUMN, pa.array(index))
+        index = table.column(SPATIAL_INDEX_COLUMN).to_numpy()
         order = np.argsort(index, kind="stable")
         table = table.take(order)
         pixels = pixel_of(index[order], work_order)

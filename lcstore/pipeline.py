@@ -20,14 +20,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from distributed import Client, LocalCluster
 
 from lcstore import schema
-from lcstore.embargo import Cutoffs
+from lcstore.changes import dirty_pixels, fingerprints, neighbourhood, owners, partitions_to_rebuild
+from lcstore.embargo import Cutoffs, eligible
 from lcstore.errors import LcstoreError, ReleaseExistsError
-from lcstore.healpix import SPATIAL_INDEX_COLUMN
+from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, spatial_index
 from lcstore.index import merge_histograms, plan_partitions
 from lcstore.ingest import (
     EPOCHS,
@@ -39,13 +42,18 @@ from lcstore.ingest import (
     hash_file,
     read_ledger,
     stage_batch,
-    staged_pixels,
 )
+from lcstore.manifest import ReleaseState, read_state, write_state
 from lcstore.match import HISTOGRAM_ORDER, MatchParams, PixelResult, match_pixel
 from lcstore.publish import new_build_dir, publish
-from lcstore.store import DEFAULT_WORK_ORDER, Store
+from lcstore.store import DEFAULT_WORK_ORDER, FORMAT_VERSION, Store
 from lcstore.supersede import select_units
-from lcstore.write import finalize_catalog, write_detection_partition, write_object_partition
+from lcstore.write import (
+    finalize_catalog,
+    share_partition,
+    write_detection_partition,
+    write_object_partition,
+)
 
 log = logging.getLogger("lcstore.build")
 
@@ -90,6 +98,10 @@ class BuildReport:
     work_pixels: int = 0
     detection_partitions: int = 0
     object_partitions: int = 0
+    base_release: str | None = None
+    work_pixels_matched: int = 0
+    partitions_rebuilt: int = 0
+    partitions_shared: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
@@ -101,8 +113,10 @@ class BuildReport:
             f"copies skipped, {len(self.quarantined):,} quarantined",
             f"  {self.units_superseded:,} exposure-quadrant versions superseded, "
             f"{len(self.conflicts):,} conflicts",
-            f"  partitions: {self.detection_partitions} detections, {self.object_partitions} objects "
-            f"(from {self.work_pixels} work pixels)",
+            f"  partitions: {self.detection_partitions} detections, {self.object_partitions} objects; "
+            f"{self.partitions_rebuilt} written, {self.partitions_shared} shared with "
+            f"{self.base_release or 'no earlier release'}",
+            f"  work pixels: {self.work_pixels_matched} of {self.work_pixels} matched",
             "  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()),
         ]
         lines += [f"  quarantined {q['path']}: {q['reason']}" for q in self.quarantined]
@@ -175,122 +189,215 @@ def _ingest(
         )
 
 
-def _match(
-    client: Client, config: BuildConfig, store: Store, work_dir: Path, report: BuildReport
-) -> list[PixelResult]:
-    ledger = read_ledger(store.path)
-    selection = select_units(ledger)
-    report.units_superseded = len(selection.superseded)
-    report.conflicts = selection.conflicts
-    report.reference_sources = int(
-        ledger.loc[(ledger["kind"] == REFS) & ~ledger["unit"].isin(selection.excluded), "nrows"].sum()
-    )
-    batches = set(ledger["batch"])
-    pixels = sorted(set(staged_pixels(store.path, EPOCHS)) | set(staged_pixels(store.path, REFS)))
+def _units_in_use(ledger: pd.DataFrame, selection, cutoffs: Cutoffs) -> pd.DataFrame:
+    """The ledger units a release uses: current references, current eligible exposures."""
+    current = ledger[~ledger["unit"].isin(selection.excluded)]
+    is_ref = current["kind"] == REFS
+    ok = eligible(current["programid"].fillna(0).to_numpy(), current["mjd"].fillna(0).to_numpy(), cutoffs)
+    return current[is_ref | ok]
+
+
+def _previous_release(store: Store, config: BuildConfig, salt: str) -> ReleaseState | None:
+    """State of the latest release, if it was built with the same parameters."""
+    try:
+        folder = store.resolve(None)
+    except LcstoreError:
+        return None
+    state = read_state(folder)
+    return state if state is not None and state.salt == salt else None
+
+
+def _run_match(
+    client: Client, pixels: list[int], config: BuildConfig, store: Store, ledger, selection, work_dir: Path
+) -> dict[int, PixelResult]:
+    if not pixels:
+        return {}
     params = MatchParams(store.work_order, config.radius_arcsec, config.margin, config.cutoffs)
     excluded = client.scatter(selection.excluded, broadcast=True)
     futures = client.map(
         match_pixel,
         pixels,
         store=str(store.path),
-        batches=batches,
+        batches=set(ledger["batch"]),
         excluded_units=excluded,
         params=params,
         work_dir=str(work_dir),
         pure=False,
     )
-    results: list[PixelResult] = client.gather(futures)
-    report.work_pixels = len(pixels)
-    report.detections = sum(r.detections for r in results)
-    report.objects = sum(r.objects for r in results)
-    report.detection_only_objects = sum(r.detection_only for r in results)
-    return results
+    return {r.pixel: r for r in client.gather(futures)}
 
 
-def _detection_schema(work_dir: Path) -> pa.Schema:
-    """The release's detection schema: the union of what the work pixels wrote."""
-    files = sorted((work_dir / "detections").rglob("*.parquet"))
-    unified = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+def _detection_schema(work_dir: Path, previous: pa.Schema | None) -> pa.Schema:
+    """The release's detection schema: what the work pixels wrote, and the previous release had."""
+    schemas = [pq.read_schema(f) for f in sorted((work_dir / "detections").rglob("*.parquet"))]
+    schemas += [previous] if previous is not None else []
+    unified = pa.unify_schemas(schemas, promote_options="permissive")
     leading = [schema.OBJECTID, *schema.EPOCH_COLUMNS]
     trailing = [schema.HAS_REF, schema.OBJECT_RA, schema.OBJECT_DEC, SPATIAL_INDEX_COLUMN]
     middle = sorted(n for n in unified.names if n not in leading and n not in trailing)
     return pa.schema([unified.field(n) for n in leading + middle + trailing])
 
 
-def _write(
+def _build(
     client: Client,
     config: BuildConfig,
     store: Store,
     build_dir: Path,
-    results: list[PixelResult],
     report: BuildReport,
-) -> None:
-    work_dir = build_dir / "work"
+    say: Callable[[str], None],
+) -> ReleaseState:
+    """Match what changed, then write every partition: rebuilt, or shared with the last release."""
     order = store.work_order
-    det_parts = plan_partitions(
-        *merge_histograms([r.detection_hist for r in results]),
-        HISTOGRAM_ORDER,
-        config.detection_partition_rows,
-    )
-    obj_parts = plan_partitions(
-        *merge_histograms([r.object_hist for r in results]), HISTOGRAM_ORDER, config.object_partition_rows
-    )
+    work_dir = build_dir / "work"
+    ledger = read_ledger(store.path)
+    selection = select_units(ledger)
+    report.units_superseded = len(selection.superseded)
+    report.conflicts = selection.conflicts
+    units = _units_in_use(ledger, selection, config.cutoffs)
+    report.reference_sources = int(units.loc[units["kind"] == REFS, "nrows"].sum())
+    salt = f"v{FORMAT_VERSION} radius={config.radius_arcsec} margin={config.margin} order={order}"
+    prints = fingerprints(units, order, salt)
+    previous = _previous_release(store, config, salt)
+    prev_prints = previous.fingerprints if previous else {}
+    dirty = dirty_pixels(prev_prints, prints)
+    report.base_release = previous.name if previous else None
+
+    # 1. Match the dirty pixels; the others' output is unchanged.
+    with _stage(report, "match", say):
+        results = _run_match(client, sorted(dirty & set(prints)), config, store, ledger, selection, work_dir)
+    pixel_stats = {p: (results[p] if p in results else previous.pixels[p]) for p in prints}
+
+    # 2. Plan the partitions from every pixel's histogram; find those to rebuild.
+    det_parts = [
+        (o, p)
+        for o, p, _ in plan_partitions(
+            *merge_histograms([s.detection_hist for s in pixel_stats.values()]),
+            HISTOGRAM_ORDER,
+            config.detection_partition_rows,
+        )
+    ]
+    obj_parts = [
+        (o, p)
+        for o, p, _ in plan_partitions(
+            *merge_histograms([s.object_hist for s in pixel_stats.values()]),
+            HISTOGRAM_ORDER,
+            config.object_partition_rows,
+        )
+    ]
     if not obj_parts:
-        raise LcstoreError(
-            "nothing to publish: the inputs hold no reference source and no eligible detection"
+        raise LcstoreError("nothing to publish: no reference source and no eligible detection")
+    affected = neighbourhood(dirty, order)
+    target = _detection_schema(work_dir, previous.detection_schema if previous else None)
+    if previous is None or previous.detection_schema is None or not target.equals(previous.detection_schema):
+        rebuild_det, rebuild_obj = det_parts, obj_parts
+    else:
+        rebuild_det = partitions_to_rebuild(det_parts, set(previous.detection_partitions), affected, order)
+        rebuild_obj = partitions_to_rebuild(obj_parts, set(previous.object_partitions), affected, order)
+
+    # 3. Rebuilt partitions need the match output of every work pixel that feeds them.
+    feeding = neighbourhood({w for o, p in rebuild_det for w in owners(o, p, order)}, order)
+    feeding |= {w for o, p in rebuild_obj for w in owners(o, p, order)}
+    with _stage(report, "rematch", say):
+        extra = _run_match(
+            client, sorted((feeding & set(prints)) - dirty), config, store, ledger, selection, work_dir
         )
-    det_dir, obj_dir = build_dir / "detections", build_dir / "objects"
-    det_owners = {int(p.name) for p in (work_dir / "detections").iterdir()} if det_parts else set()
-    target = _detection_schema(work_dir) if det_parts else None
-    det_rows = client.gather(
-        client.map(
-            lambda part: write_detection_partition(
-                str(work_dir), part[0], part[1], order, det_owners, target, str(det_dir)
-            ),
+    report.work_pixels = len(prints)
+    report.work_pixels_matched = len(results) + len(extra)
+
+    # 4. Write: detections first, since object statistics are read from them.
+    with _stage(report, "write", say):
+        det_dir, obj_dir = build_dir / "detections", build_dir / "objects"
+        prev_dir = store.release_dir(previous.name) if previous else None
+        det_rows = _write_partitions(
+            client,
             det_parts,
-            pure=False,
+            set(rebuild_det),
+            prev_dir,
+            "detections",
+            det_dir,
+            lambda part: write_detection_partition(str(work_dir), *part, order, target, str(det_dir)),
         )
-    )
-    det_keys = [(o, p) for o, p, _ in det_parts]
-    obj_owners = {r.pixel for r in results}
-    obj_rows = client.gather(
-        client.map(
-            lambda part: write_object_partition(
-                str(work_dir), part[0], part[1], order, obj_owners, det_keys, str(obj_dir)
-            ),
+        obj_rows = _write_partitions(
+            client,
             obj_parts,
-            pure=False,
+            set(rebuild_obj),
+            prev_dir,
+            "objects",
+            obj_dir,
+            lambda part: write_object_partition(
+                str(work_dir), *part, order, str(det_dir), det_parts, str(obj_dir)
+            ),
         )
-    )
-    name = config.release
-    if det_parts:
+        name = config.release
         finalize_catalog(
             str(det_dir),
             f"{name}_detections",
             "source",
-            det_keys,
-            int(sum(det_rows)),
+            det_parts,
+            sum(det_rows.values()),
             schema.OBJECT_RA,
             schema.OBJECT_DEC,
         )
-    finalize_catalog(
-        str(obj_dir),
-        f"{name}_objects",
-        "object",
-        [(o, p) for o, p, _ in obj_parts],
-        int(sum(obj_rows)),
-        "ra",
-        "dec",
-    )
-    refmap_files = sorted((work_dir / "refmap").glob("*.parquet"))
-    refmap = pa.concat_tables([pq.read_table(f) for f in refmap_files]).sort_by("ztf_oid")
-    pq.write_table(refmap, build_dir / "refmap.parquet")
+        finalize_catalog(
+            str(obj_dir), f"{name}_objects", "object", obj_parts, sum(obj_rows.values()), "ra", "dec"
+        )
+        _write_refmap(build_dir, work_dir, prev_dir, set(results) | set(extra), order)
+    report.detections = sum(det_rows.values())
+    report.objects = sum(obj_rows.values())
+    report.detection_only_objects = sum(s.detection_only for s in pixel_stats.values())
     report.detection_partitions = len(det_parts)
     report.object_partitions = len(obj_parts)
+    report.partitions_rebuilt = len(rebuild_det) + len(rebuild_obj)
+    report.partitions_shared = len(det_parts) + len(obj_parts) - report.partitions_rebuilt
+    return ReleaseState(
+        name=config.release,
+        salt=salt,
+        fingerprints=prints,
+        pixels=pixel_stats,
+        detection_partitions=det_parts,
+        object_partitions=obj_parts,
+        detection_schema=target,
+        units=np.sort(units["unit"].to_numpy(dtype=np.int64)),
+    )
+
+
+def _write_partitions(
+    client: Client,
+    parts: list[tuple[int, int]],
+    rebuild: set[tuple[int, int]],
+    previous_release: Path | None,
+    catalog: str,
+    catalog_dir: Path,
+    write: Callable[[tuple[int, int]], int],
+) -> dict[tuple[int, int], int]:
+    """Write the partitions to rebuild and hard-link the others from the previous release."""
+    fresh = [p for p in parts if p in rebuild]
+    rows = dict(zip(fresh, client.gather(client.map(write, fresh, pure=False)), strict=True))
+    for part in parts:
+        if part not in rebuild:
+            rows[part] = share_partition(str(previous_release / catalog), str(catalog_dir), *part)
+    return rows
+
+
+def _write_refmap(
+    build_dir: Path, work_dir: Path, prev_dir: Path | None, matched: set[int], order: int
+) -> None:
+    """The release's reference-source map: new pieces for matched pixels, the rest kept."""
+    tables = [pq.read_table(work_dir / "refmap" / f"{p}.parquet") for p in sorted(matched)]
+    if prev_dir is not None:
+        old = pq.read_table(prev_dir / "refmap.parquet")
+        pixel = pixel_of(spatial_index(old.column("ra").to_numpy(), old.column("dec").to_numpy()), order)
+        tables.append(old.filter(pa.array(~np.isin(pixel, list(matched)))))
+    refmap = pa.concat_tables(tables, promote_options="permissive").sort_by("ztf_oid")
+    pq.write_table(refmap, build_dir / "refmap.parquet")
 
 
 def build_release(config: BuildConfig, client: Client, say: Callable[[str], None] = print) -> BuildReport:
     """Ingest new inputs into the store, build release ``config.release`` and publish it.
+
+    If the store's latest release was built with the same radius, margin and work order,
+    only the work pixels whose inputs changed are matched again, and only the partitions
+    they touch are rewritten; the others are hard links to the previous release's files.
 
     Parameters
     ----------
@@ -318,14 +425,13 @@ def build_release(config: BuildConfig, client: Client, say: Callable[[str], None
         f"building release {config.release} in {store.path} on {len(client.scheduler_info()['workers'])} "
         f"worker(s); dashboard: {client.dashboard_link}"
     )
+    start = time.perf_counter()
     build_dir = new_build_dir(store, config.release)
     try:
         with _stage(report, "ingest", say):
             _ingest(client, config, store, report, say)
-        with _stage(report, "match", say):
-            results = _match(client, config, store, build_dir / "work", report)
-        with _stage(report, "write", say):
-            _write(client, config, store, build_dir, results, report)
+        state = _build(client, config, store, build_dir, report, say)
+        report.seconds["total"] = round(time.perf_counter() - start, 3)
         info = {
             "name": config.release,
             "created": dt.datetime.now(dt.UTC).isoformat(),
@@ -335,6 +441,7 @@ def build_release(config: BuildConfig, client: Client, say: Callable[[str], None
             "work_order": store.work_order,
             "report": asdict(report),
         }
+        write_state(build_dir, state)
         (build_dir / "release.json").write_text(json.dumps(info, indent=2, default=str))
         with _stage(report, "publish", say):
             publish(store, build_dir, config.release)

@@ -31,6 +31,7 @@ from hats.io import paths
 from hats.pixel_math import HealpixPixel
 
 from lcstore import schema
+from lcstore.changes import overlapping, owners
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, index_range
 
 #: Rows per Parquet row group in release files: small enough that a cone search reads
@@ -48,20 +49,16 @@ def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None =
     os.replace(tmp, path)
 
 
-def owner_pixels(order: int, pixel: int, work_order: int, available: set[int]) -> list[int]:
-    """Work pixels whose owned rows may fall in partition (order, pixel)."""
-    if order >= work_order:
-        candidates = [pixel >> (2 * (order - work_order))]
-    else:
-        shift = 2 * (work_order - order)
-        candidates = range(pixel << shift, (pixel + 1) << shift)
-    return [p for p in candidates if p in available]
-
-
-def _read_owned(folder: Path, owners: list[int], order: int, pixel: int, nested: bool) -> pa.Table | None:
+def _read_owned(folder: Path, order: int, pixel: int, work_order: int, nested: bool) -> pa.Table | None:
+    """Rows the match step wrote for the work pixels overlapping partition (order, pixel)."""
     lo, hi = index_range(order, pixel)
+    owned = [
+        o
+        for o in owners(order, pixel, work_order)
+        if (folder / (str(o) if nested else f"{o}.parquet")).exists()
+    ]
     tables = []
-    for owner in owners:
+    for owner in owned:
         files = sorted((folder / str(owner)).glob("*.parquet")) if nested else [folder / f"{owner}.parquet"]
         for f in files:
             t = pq.read_table(f)
@@ -132,40 +129,30 @@ def object_statistics(dets: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
-    (alo, ahi), (blo, bhi) = index_range(*a), index_range(*b)
-    return alo < bhi and blo < ahi
-
-
 def write_detection_partition(
-    work_dir: str,
-    order: int,
-    pixel: int,
-    work_order: int,
-    owners_available: set[int],
-    target: pa.Schema,
-    catalog_dir: str,
+    work_dir: str, order: int, pixel: int, work_order: int, target: pa.Schema, catalog_dir: str
 ) -> int:
-    """Write one detections partition and its objects' statistics; return its row count.
-
-    The statistics go to ``<work_dir>/objstats/<order>-<pixel>.parquet``.
-    """
-    owners = owner_pixels(order, pixel, work_order, owners_available)
-    table = _read_owned(Path(work_dir) / "detections", owners, order, pixel, nested=True)
+    """Write one detections partition from the match output; return its row count."""
+    table = _read_owned(Path(work_dir) / "detections", order, pixel, work_order, nested=True)
     table = sort_lightcurves(conform(table, target))
     path = paths.pixel_catalog_file(catalog_dir, HealpixPixel(order, pixel))
     atomic_write_table(table, Path(path), row_group_size=ROW_GROUP_ROWS)
-    frame = table.select(
-        ["objectid", "filtercode", "mjd", "mag", "catflags", SPATIAL_INDEX_COLUMN]
-    ).to_pandas()
-    stats = object_statistics(frame).merge(
-        frame[["objectid", SPATIAL_INDEX_COLUMN]].drop_duplicates("objectid"), on="objectid"
-    )
-    atomic_write_table(
-        pa.Table.from_pandas(stats, preserve_index=False),
-        Path(work_dir) / "objstats" / f"{order}-{pixel}.parquet",
-    )
     return table.num_rows
+
+
+def _statistics_in(detections_dir: str, detection_parts: list[tuple[int, int]], order: int, pixel: int):
+    lo, hi = index_range(order, pixel)
+    columns = ["objectid", "filtercode", "mjd", "mag", "catflags", SPATIAL_INDEX_COLUMN]
+    frames = []
+    for part in overlapping(detection_parts, order, pixel):
+        path = paths.pixel_catalog_file(detections_dir, HealpixPixel(*part))
+        table = pq.read_table(
+            path, columns=columns, filters=[(SPATIAL_INDEX_COLUMN, ">=", lo), (SPATIAL_INDEX_COLUMN, "<", hi)]
+        )
+        frames.append(table.to_pandas())
+    if not frames:
+        return object_statistics(pd.DataFrame({c: pd.Series(dtype=float) for c in columns}))
+    return object_statistics(pd.concat(frames, ignore_index=True))
 
 
 def write_object_partition(
@@ -173,32 +160,18 @@ def write_object_partition(
     order: int,
     pixel: int,
     work_order: int,
-    owners_available: set[int],
-    detection_partitions: list[tuple[int, int]],
+    detections_dir: str,
+    detection_parts: list[tuple[int, int]],
     catalog_dir: str,
 ) -> int:
-    """Write one objects partition: object positions joined with their statistics."""
-    owners = owner_pixels(order, pixel, work_order, owners_available)
-    objects = _read_owned(Path(work_dir) / "objects", owners, order, pixel, nested=False).to_pandas()
-    lo, hi = index_range(order, pixel)
-    stats = []
-    for part in detection_partitions:
-        if _overlaps(part, (order, pixel)):
-            s = pd.read_parquet(Path(work_dir) / "objstats" / f"{part[0]}-{part[1]}.parquet")
-            stats.append(s[(s[SPATIAL_INDEX_COLUMN] >= lo) & (s[SPATIAL_INDEX_COLUMN] < hi)])
-    stats_frame = (
-        pd.concat(stats, ignore_index=True)
-        if stats
-        else object_statistics(
-            pd.DataFrame({c: [] for c in ["objectid", "filtercode", "mjd", "mag", "catflags"]})
-        )
-    )
-    merged = objects.merge(
-        stats_frame.drop(columns=[SPATIAL_INDEX_COLUMN], errors="ignore"),
-        on="objectid",
-        how="left",
-        validate="one_to_one",
-    )
+    """Write one objects partition: object positions joined with statistics of their detections.
+
+    The statistics are computed from the release's detections partitions (already
+    written, or shared with the previous release) that overlap this partition.
+    """
+    objects = _read_owned(Path(work_dir) / "objects", order, pixel, work_order, nested=False).to_pandas()
+    stats = _statistics_in(detections_dir, detection_parts, order, pixel)
+    merged = objects.merge(stats, on="objectid", how="left", validate="one_to_one")
     for band in schema.FILTERCODES:
         for stat in ("nobs", "ngood"):
             merged[f"{stat}_{band}"] = merged[f"{stat}_{band}"].fillna(0).astype(np.int32)
@@ -209,6 +182,15 @@ def write_object_partition(
     path = paths.pixel_catalog_file(catalog_dir, HealpixPixel(order, pixel))
     atomic_write_table(table, Path(path), row_group_size=ROW_GROUP_ROWS)
     return table.num_rows
+
+
+def share_partition(previous_catalog_dir: str, catalog_dir: str, order: int, pixel: int) -> int:
+    """Hard-link an unchanged partition file of the previous release; return its row count."""
+    source = Path(paths.pixel_catalog_file(previous_catalog_dir, HealpixPixel(order, pixel)))
+    target = Path(paths.pixel_catalog_file(catalog_dir, HealpixPixel(order, pixel)))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.link(source, target)
+    return pq.ParquetFile(target).metadata.num_rows
 
 
 def finalize_catalog(

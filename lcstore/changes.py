@@ -1,0 +1,108 @@
+"""Changes: which parts of a release must be rebuilt, given the previous release.
+
+A release is a pure function of the units it may use (current reference catalogs, and
+current exposure-quadrants its cutoffs make eligible) and of its parameters. The match
+output of a work pixel depends only on the units with rows in that pixel or its
+neighbours (its margin lies in them), so a *fingerprint* of those unit IDs tells whether
+the pixel's output can differ from last time. From the changed ("dirty") pixels follow
+the release partitions to rebuild; every other partition is shared with the previous
+release, byte for byte.
+
+Pure numpy/pandas; no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import cdshealpix.nested as cds
+import numpy as np
+import pandas as pd
+
+from lcstore.healpix import index_range
+
+
+def _with_neighbours(pixels: np.ndarray, order: int) -> pd.DataFrame:
+    """Pairs (pixel, near): each pixel with itself and its (up to 8) neighbours."""
+    pixels = np.asarray(pixels, dtype=np.int64)
+    if len(pixels) == 0:
+        return pd.DataFrame({"pixel": np.zeros(0, np.int64), "near": np.zeros(0, np.int64)})
+    nbrs = cds.neighbours(pixels.astype(np.uint64), order).astype(np.int64)  # includes itself
+    near = pd.DataFrame({"pixel": np.repeat(pixels, nbrs.shape[1]), "near": nbrs.ravel()})
+    return near[near["near"] >= 0].drop_duplicates()
+
+
+def neighbourhood(pixels: set[int] | np.ndarray, order: int) -> set[int]:
+    """The pixels together with all their neighbours."""
+    return set(_with_neighbours(np.fromiter(pixels, dtype=np.int64), order)["near"].tolist())
+
+
+def fingerprints(units: pd.DataFrame, order: int, salt: str) -> dict[int, str]:
+    """Fingerprint of each work pixel's inputs.
+
+    Parameters
+    ----------
+    units : pandas.DataFrame
+        The units a release uses, with columns ``unit`` (int64) and ``pixels`` (the work
+        pixels each unit has rows in).
+    order : int
+        Work-pixel order.
+    salt : str
+        Everything else the output depends on (radius, margin, format version).
+
+    Returns
+    -------
+    dict
+        For each work pixel that has rows, a hex digest of the sorted IDs of the units
+        with rows in it or in its neighbours, and of ``salt``.
+    """
+    own = units[["unit", "pixels"]].explode("pixels").dropna()
+    own = own.astype({"pixels": np.int64}).rename(columns={"pixels": "near"})
+    pixels = np.unique(own["near"].to_numpy())
+    pairs = _with_neighbours(pixels, order).merge(own, on="near")
+    pairs = pairs[pairs["pixel"].isin(pixels)].drop_duplicates(["pixel", "unit"])
+    out = {}
+    for pixel, group in pairs.sort_values(["pixel", "unit"]).groupby("pixel", sort=False):
+        digest = hashlib.sha256(salt.encode())
+        digest.update(group["unit"].to_numpy(dtype=np.int64).tobytes())
+        out[int(pixel)] = digest.hexdigest()[:32]
+    return out
+
+
+def dirty_pixels(previous: dict[int, str], current: dict[int, str]) -> set[int]:
+    """Work pixels whose output may differ: changed, new, or gone."""
+    keys = set(previous) | set(current)
+    return {p for p in keys if previous.get(p) != current.get(p)}
+
+
+def owners(order: int, pixel: int, work_order: int) -> list[int]:
+    """Work pixels that overlap release partition (order, pixel)."""
+    if order >= work_order:
+        return [pixel >> (2 * (order - work_order))]
+    shift = 2 * (work_order - order)
+    return list(range(pixel << shift, (pixel + 1) << shift))
+
+
+def partitions_to_rebuild(
+    partitions: list[tuple[int, int]],
+    previous: set[tuple[int, int]],
+    affected_owners: set[int],
+    work_order: int,
+) -> list[tuple[int, int]]:
+    """Partitions that are new, or overlap a work pixel whose owned rows may have changed."""
+    return [
+        (o, p)
+        for o, p in partitions
+        if (o, p) not in previous or any(w in affected_owners for w in owners(o, p, work_order))
+    ]
+
+
+def overlapping(parts: list[tuple[int, int]], order: int, pixel: int) -> list[tuple[int, int]]:
+    """Members of ``parts`` whose area overlaps pixel (order, pixel)."""
+    lo, hi = index_range(order, pixel)
+    found = []
+    for o, p in parts:
+        plo, phi = index_range(o, p)
+        if plo < hi and lo < phi:
+            found.append((o, p))
+    return found

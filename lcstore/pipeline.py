@@ -231,11 +231,21 @@ def _detection_schema(work_dir: Path, previous: pa.Schema | None) -> pa.Schema:
     """The release's detection schema: what the work pixels wrote, and the previous release had."""
     schemas = [pq.read_schema(f) for f in sorted((work_dir / "detections").rglob("*.parquet"))]
     schemas += [previous] if previous is not None else []
+    schemas = schemas or [_empty_detection_schema()]
     unified = pa.unify_schemas(schemas, promote_options="permissive")
     leading = [schema.OBJECTID, *schema.EPOCH_COLUMNS]
     trailing = [schema.HAS_REF, schema.OBJECT_RA, schema.OBJECT_DEC, SPATIAL_INDEX_COLUMN]
     middle = sorted(n for n in unified.names if n not in leading and n not in trailing)
     return pa.schema([unified.field(n) for n in leading + middle + trailing])
+
+
+def _empty_detection_schema() -> pa.Schema:
+    """Detection columns of a release whose inputs have no eligible detection."""
+    fields = [pa.field(schema.OBJECTID, pa.int64())]
+    fields += [pa.field(c, t) for c, t in schema.EPOCH_COLUMNS.items()]
+    fields += [pa.field(schema.HAS_REF, pa.bool_()), pa.field(schema.OBJECT_RA, pa.float64())]
+    fields += [pa.field(schema.OBJECT_DEC, pa.float64()), pa.field(SPATIAL_INDEX_COLUMN, pa.int64())]
+    return pa.schema(fields)
 
 
 def _build(
@@ -331,6 +341,7 @@ def _build(
         name = config.release
         finalize_catalog(
             str(det_dir),
+            target,
             f"{name}_detections",
             "source",
             det_parts,
@@ -339,7 +350,7 @@ def _build(
             schema.OBJECT_DEC,
         )
         finalize_catalog(
-            str(obj_dir), f"{name}_objects", "object", obj_parts, sum(obj_rows.values()), "ra", "dec"
+            str(obj_dir), None, f"{name}_objects", "object", obj_parts, sum(obj_rows.values()), "ra", "dec"
         )
         _write_refmap(build_dir, work_dir, prev_dir, set(results) | set(extra), order)
     report.detections = sum(det_rows.values())

@@ -195,6 +195,7 @@ def share_partition(previous_catalog_dir: str, catalog_dir: str, order: int, pix
 
 def finalize_catalog(
     catalog_dir: str,
+    empty_schema: pa.Schema | None,
     name: str,
     catalog_type: str,
     partitions: list[tuple[int, int]],
@@ -203,9 +204,20 @@ def finalize_catalog(
     dec_column: str,
     extra_properties: dict | None = None,
 ) -> None:
-    """Write a HATS catalog's metadata once all its leaf files are written."""
+    """Write a HATS catalog's metadata once all its leaf files are written.
+
+    ``empty_schema`` is the schema to record when there are no partitions.
+    """
     pixels = [HealpixPixel(o, p) for o, p in partitions]
-    hats.io.write_parquet_metadata(catalog_dir)
+    if pixels:
+        hats.io.write_parquet_metadata(catalog_dir)
+    else:
+        # No rows at all (e.g. cutoffs before the first observation): metadata files
+        # with the schema, and no leaf files, as lsdb writes an empty catalog.
+        dataset = Path(catalog_dir) / "dataset"
+        dataset.mkdir(parents=True, exist_ok=True)
+        pq.write_metadata(empty_schema, dataset / "_common_metadata")
+        pq.write_metadata(empty_schema, dataset / "_metadata")
     PartitionInfo(pixels).write_to_file(catalog_path=catalog_dir)
     props = TableProperties(
         catalog_name=name,

@@ -42,3 +42,7 @@ class ReleaseExistsError(StoreError):
 
 class QueryError(LcstoreError, ValueError):
     """A query's arguments are out of range (radius, declination, band, ...)."""
+
+
+class StoreLockedError(StoreError):
+    """Another process is building in this store."""

@@ -45,7 +45,7 @@ from lcstore.ingest import (
 )
 from lcstore.manifest import ReleaseState, read_state, write_state
 from lcstore.match import HISTOGRAM_ORDER, MatchParams, PixelResult, match_pixel
-from lcstore.publish import new_build_dir, publish
+from lcstore.publish import new_build_dir, publish, remove_stale_builds
 from lcstore.store import DEFAULT_WORK_ORDER, FORMAT_VERSION, Store
 from lcstore.supersede import select_units
 from lcstore.write import (
@@ -428,9 +428,18 @@ def build_release(config: BuildConfig, client: Client, say: Callable[[str], None
         If the store already has a release of that name.
     """
     store = Store(config.store)
-    store.create(config.work_order)
-    if store.release_dir(config.release).exists():
-        raise ReleaseExistsError(f"release {config.release!r} is already published in {store.path}")
+    with store.lock():
+        store.create(config.work_order)
+        if store.release_dir(config.release).exists():
+            raise ReleaseExistsError(f"release {config.release!r} is already published in {store.path}")
+        for path in remove_stale_builds(store):
+            say(f"removed {path}, left by an interrupted build")
+        return _build_locked(config, client, store, say)
+
+
+def _build_locked(
+    config: BuildConfig, client: Client, store: Store, say: Callable[[str], None]
+) -> BuildReport:
     report = BuildReport(release=config.release)
     say(
         f"building release {config.release} in {store.path} on {len(client.scheduler_info()['workers'])} "

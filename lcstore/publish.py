@@ -18,6 +18,15 @@ from lcstore.errors import ReleaseExistsError
 from lcstore.store import Store, write_text_atomic
 
 
+def remove_stale_builds(store: Store) -> list[Path]:
+    """Delete what interrupted builds left in ``STORE/tmp``; call only while holding the lock."""
+    folder = store.path / "tmp"
+    stale = sorted(folder.iterdir()) if folder.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path)
+    return stale
+
+
 def new_build_dir(store: Store, name: str) -> Path:
     """A fresh private directory for building release ``name``."""
     folder = store.path / "tmp" / f"{name}-{uuid.uuid4().hex[:12]}"

@@ -15,12 +15,15 @@ Layout::
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
-from lcstore.errors import ReleaseNotFoundError, StoreError
+from lcstore.errors import ReleaseNotFoundError, StoreError, StoreLockedError
 
 FORMAT_VERSION = 1
 
@@ -77,6 +80,29 @@ class Store:
     @property
     def work_order(self) -> int:
         return int(self.config()["work_order"])
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the store's build lock: one build or ingest at a time per store.
+
+        Raises
+        ------
+        StoreLockedError
+            If another process holds it.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "w") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as err:
+                raise StoreLockedError(
+                    f"another build is running on store {self.path} (it holds {self.path / '.lock'}); "
+                    "wait for it to finish"
+                ) from err
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def release_dir(self, name: str) -> Path:
         return self.path / "releases" / name

@@ -125,36 +125,39 @@ def unit_id(sha256: str, key: tuple) -> int:
 # --------------------------------------------------------------------------- validation
 
 
-def _cast_columns(frame: pd.DataFrame, required: dict[str, pa.DataType], path: str) -> pa.Table:
-    missing = [c for c in required if c not in frame.columns]
+def _as_table(data: pd.DataFrame | pa.Table) -> pa.Table:
+    if isinstance(data, pa.Table):
+        return data
+    return pa.Table.from_pandas(data, preserve_index=False)
+
+
+def _cast_columns(data: pd.DataFrame | pa.Table, required: dict[str, pa.DataType], path: str) -> pa.Table:
+    table = _as_table(data)
+    missing = [c for c in required if c not in table.column_names]
     if missing:
         raise InputFileError(path, f"missing required column(s) {missing}; see docs/inputs.md")
-    if len(frame) == 0:
+    if table.num_rows == 0:
         raise InputFileError(path, "has no rows")
-    table = pa.Table.from_pandas(frame, preserve_index=False)
-    columns, fields = [], []
-    for name in table.column_names:
+    reserved = [c for c in table.column_names if c.startswith("_") and c not in required]
+    if reserved:
+        raise InputFileError(path, f"column(s) {reserved}: names starting with '_' are reserved")
+    columns = []
+    for name, dtype in required.items():
         col = table.column(name)
-        if name in required:
-            try:
-                col = col.cast(required[name], safe=True)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
-                raise InputFileError(
-                    path, f"column '{name}' has type {col.type}, cannot be read as {required[name]}: {err}"
-                ) from err
-        elif name.startswith("_"):
-            raise InputFileError(path, f"column '{name}': names starting with '_' are reserved")
-        columns.append(col)
-        fields.append(pa.field(name, col.type))
+        try:
+            columns.append(col.cast(dtype, safe=True))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+            raise InputFileError(
+                path, f"column '{name}' has type {col.type}, cannot be read as {dtype}: {err}"
+            ) from err
     # Required columns first, in schema order, then pass-through columns in file order.
-    table = pa.table(columns, schema=pa.schema(fields))
-    order = list(required) + [c for c in table.column_names if c not in required]
-    return table.select(order)
+    extra = [c for c in table.column_names if c not in required]
+    return pa.table(columns + [table.column(c) for c in extra], names=[*required, *extra])
 
 
 def _check_positions(table: pa.Table, path: str) -> None:
-    ra = table.column("ra").to_numpy(zero_copy_only=False)
-    dec = table.column("dec").to_numpy(zero_copy_only=False)
+    ra = table.column("ra").to_numpy()
+    dec = table.column("dec").to_numpy()
     bad = ~(np.isfinite(ra) & np.isfinite(dec))
     if bad.any():
         raise InputFileError(path, f"{int(bad.sum())} row(s) with NaN or infinite ra/dec")
@@ -171,7 +174,18 @@ def _check_codes(table: pa.Table, column: str, allowed: Iterable, path: str) -> 
         raise InputFileError(path, f"unknown {column} value(s) {sorted(unknown, key=str)}")
 
 
-def validate_epochs(frame: pd.DataFrame, path: str) -> pa.Table:
+def _duplicates(table: pa.Table, columns: Iterable[str]) -> int:
+    """Number of rows whose values in ``columns`` repeat an earlier row."""
+    keys = [table.column(c).to_numpy() for c in columns]
+    order = np.lexsort(keys[::-1])
+    same = np.ones(len(order) - 1, dtype=bool) if len(order) > 1 else np.zeros(0, dtype=bool)
+    for key in keys:
+        sorted_key = key[order]
+        same &= sorted_key[1:] == sorted_key[:-1]
+    return int(same.sum())
+
+
+def validate_epochs(data: pd.DataFrame | pa.Table, path: str) -> pa.Table:
     """Check and cast an epochal catalog to the input schema.
 
     Raises
@@ -179,29 +193,27 @@ def validate_epochs(frame: pd.DataFrame, path: str) -> pa.Table:
     InputFileError
         Naming the file and the first problem found.
     """
-    table = _cast_columns(frame, schema.EPOCH_COLUMNS, path)
+    table = _cast_columns(data, schema.EPOCH_COLUMNS, path)
     _check_positions(table, path)
-    mjd = table.column("mjd").to_numpy(zero_copy_only=False)
+    mjd = table.column("mjd").to_numpy()
     if not np.all(np.isfinite(mjd) & (mjd > schema.MJD_MIN) & (mjd < schema.MJD_MAX)):
         raise InputFileError(path, "mjd has NaN, infinite or out-of-range values")
     _check_codes(table, "filtercode", schema.FILTERCODES, path)
     _check_codes(table, "programid", schema.PROGRAMIDS, path)
-    keys = table.select(list(schema.DETECTION_KEY)).to_pandas()
-    if keys.duplicated().any():
-        raise InputFileError(
-            path, f"{int(keys.duplicated().sum())} duplicate detection key(s) {schema.DETECTION_KEY}"
-        )
+    repeats = _duplicates(table, schema.DETECTION_KEY)
+    if repeats:
+        raise InputFileError(path, f"{repeats} duplicate detection key(s) {schema.DETECTION_KEY}")
     return table
 
 
-def validate_refs(frame: pd.DataFrame, path: str) -> pa.Table:
+def validate_refs(data: pd.DataFrame | pa.Table, path: str) -> pa.Table:
     """Check and cast a reference catalog to the input schema."""
-    table = _cast_columns(frame, schema.REF_COLUMNS, path)
+    table = _cast_columns(data, schema.REF_COLUMNS, path)
     _check_positions(table, path)
     _check_codes(table, "filtercode", schema.FILTERCODES, path)
-    if len(table.select(list(schema.REF_CATALOG_KEY)).to_pandas().drop_duplicates()) != 1:
+    if any(pc.count_distinct(table.column(c)).as_py() != 1 for c in schema.REF_CATALOG_KEY):
         raise InputFileError(path, f"holds more than one reference catalog {schema.REF_CATALOG_KEY}")
-    if table.select(["refsid"]).to_pandas().duplicated().any():
+    if _duplicates(table, ["refsid"]):
         raise InputFileError(path, "duplicate refsid values")
     return table
 
@@ -209,11 +221,14 @@ def validate_refs(frame: pd.DataFrame, path: str) -> pa.Table:
 # --------------------------------------------------------------------------- reading
 
 
-def _read_parquet(path: str) -> pd.DataFrame:
+def _read_parquet(path: str) -> pa.Table:
     try:
-        return pq.read_table(path).to_pandas()
+        return pq.read_table(path)
     except (OSError, pa.ArrowException) as err:
         raise InputFileError(path, f"unreadable Parquet ({err})") from err
+
+
+_EPOCH_UNIT_KEY = [*schema.EXPOSURE_QUADRANT_KEY, "procversion"]
 
 
 def read_units(kind: str, path: str) -> list[tuple[tuple, pa.Table]]:
@@ -231,11 +246,11 @@ def read_units(kind: str, path: str) -> list[tuple[tuple, pa.Table]]:
             table = validate_epochs(read_matchfile_epochs(path), path)
         elif file_kind == "parquet":
             table = validate_epochs(_read_parquet(path), path)
+            if any(pc.count_distinct(table.column(c)).as_py() != 1 for c in _EPOCH_UNIT_KEY):
+                raise InputFileError(path, "holds more than one exposure-quadrant/procversion")
         else:
             raise InputFileError(path, f"a {file_kind} file is not an epochal catalog")
-        key_cols = [*schema.EXPOSURE_QUADRANT_KEY, "procversion"]
-        if file_kind == "parquet" and len(table.select(key_cols).to_pandas().drop_duplicates()) != 1:
-            raise InputFileError(path, "holds more than one exposure-quadrant/procversion")
+        key_cols = _EPOCH_UNIT_KEY
     else:
         if file_kind == "matchfile":
             table = validate_refs(read_matchfile_refs(path), path)
@@ -246,14 +261,26 @@ def read_units(kind: str, path: str) -> list[tuple[tuple, pa.Table]]:
         else:
             raise InputFileError(path, f"a {file_kind} file is not a reference catalog")
         key_cols = list(schema.REF_CATALOG_KEY)
-    frame = table.select(key_cols).to_pandas()
     units = []
-    for key, rows in frame.groupby(key_cols, sort=True).indices.items():
-        unit = table.take(rows)
+    for key, unit in _split(table, key_cols):
         if kind == EPOCHS:
             _check_single_exposure(unit, path)
-        units.append((tuple(k.item() if hasattr(k, "item") else k for k in key), unit))
+        units.append((key, unit))
     return units
+
+
+def _split(table: pa.Table, key_cols: list[str]) -> list[tuple[tuple, pa.Table]]:
+    """The table's row groups by distinct values of ``key_cols``, in key order."""
+    if all(pc.count_distinct(table.column(c)).as_py() == 1 for c in key_cols):
+        return [(tuple(table.column(c)[0].as_py() for c in key_cols), table)]
+    groups = table.group_by(key_cols, use_threads=False).aggregate([])
+    out = []
+    for key in sorted(groups.to_pylist(), key=lambda row: tuple(row[c] for c in key_cols)):
+        mask = np.ones(table.num_rows, dtype=bool)
+        for c in key_cols:
+            mask &= pc.equal(table.column(c), key[c]).to_numpy(zero_copy_only=False)
+        out.append((tuple(key[c] for c in key_cols), table.filter(pa.array(mask))))
+    return out
 
 
 def _check_single_exposure(unit: pa.Table, path: str) -> None:
@@ -309,16 +336,20 @@ def stage_batch(kind: str, files: list[InputFile], store: str, work_order: int) 
             continue
         for key, table in units:
             unit = unit_id(f.sha256, key)
-            index = spatial_index(table.column("ra").to_numpy(), table.column("dec").to_numpy())
-            row = _ledger_row(kind, key, table, f, batch, unit)
-            row["pixels"] = np.unique(pixel_of(index, work_order)).tolist()
-            ledger.append(row)
-            table = table.append_column(UNIT_COLUMN, pa.array(np.full(table.num_rows, unit)))
-            tables.append(table.append_column(SPATIAL_INDEX_COLUMN, pa.array(index)))
+            ledger.append(_ledger_row(kind, key, table, f, batch, unit))
+            tables.append(table.append_column(UNIT_COLUMN, pa.array(np.full(table.num_rows, unit))))
     rows = 0
     if tables:
         table = pa.concat_tables(tables, promote_options="permissive")
-        index = table.column(SPATIAL_INDEX_COLUMN).to_numpy()
+        # One spatial-index call per batch: its per-call overhead would dominate per file.
+        index = spatial_index(table.column("ra").to_numpy(), table.column("dec").to_numpy())
+        table = table.append_column(SPATIAL_INDEX_COLUMN, pa.array(index))
+        pixels = pd.DataFrame(
+            {"unit": table.column(UNIT_COLUMN).to_numpy(), "pixel": pixel_of(index, work_order)}
+        )
+        unit_pixels = pixels.drop_duplicates().groupby("unit")["pixel"].agg(sorted)
+        for row in ledger:
+            row["pixels"] = [int(p) for p in unit_pixels[row["unit"]]]
         order = np.argsort(index, kind="stable")
         table = table.take(order)
         pixels = pixel_of(index[order], work_order)

@@ -155,3 +155,9 @@ def query_store(tmp_path_factory, build) -> Path:
     epochs, refs = write_handmade_survey(root / "survey")
     build(epochs, refs, root / "store", "DR1", detection_partition_rows=2000, object_partition_rows=100)
     return root / "store"
+
+
+@pytest.fixture(scope="session")
+def handmade_survey():
+    """:func:`write_handmade_survey`, for tests that build a store of their own."""
+    return write_handmade_survey

@@ -37,14 +37,25 @@ def neighbourhood(pixels: set[int] | np.ndarray, order: int) -> set[int]:
     return set(_with_neighbours(np.fromiter(pixels, dtype=np.int64), order)["near"].tolist())
 
 
+#: Units record which cells (pixels CELL_DELTA orders finer than the work pixels) they
+#: have rows in; a work pixel depends on the cells inside it and on those along its
+#: border, which hold its margin. Cells must be wider than the margin.
+CELL_DELTA = 3
+
+
+def cell_order(work_order: int) -> int:
+    """Order of the cells units are tracked in."""
+    return work_order + CELL_DELTA
+
+
 def fingerprints(units: pd.DataFrame, order: int, salt: str) -> dict[int, str]:
     """Fingerprint of each work pixel's inputs.
 
     Parameters
     ----------
     units : pandas.DataFrame
-        The units a release uses, with columns ``unit`` (int64) and ``pixels`` (the work
-        pixels each unit has rows in).
+        The units a release uses, with columns ``unit`` (int64) and ``cells`` (the cells,
+        at :func:`cell_order`, each unit has rows in).
     order : int
         Work-pixel order.
     salt : str
@@ -54,19 +65,29 @@ def fingerprints(units: pd.DataFrame, order: int, salt: str) -> dict[int, str]:
     -------
     dict
         For each work pixel that has rows, a hex digest of the sorted IDs of the units
-        with rows in it or in its neighbours, and of ``salt``.
+        with rows in it or in the cells along its border, and of ``salt``.
     """
-    own = units[["unit", "pixels"]].explode("pixels").dropna()
-    own = own.astype({"pixels": np.int64}).rename(columns={"pixels": "near"})
-    pixels = np.unique(own["near"].to_numpy())
-    pairs = _with_neighbours(pixels, order).merge(own, on="near")
-    pairs = pairs[pairs["pixel"].isin(pixels)].drop_duplicates(["pixel", "unit"])
+    own = units[["unit", "cells"]].explode("cells").dropna()
+    own = own.astype({"cells": np.int64}).rename(columns={"cells": "cell"})
+    cells = np.unique(own["cell"].to_numpy())
+    # A cell concerns its own work pixel and the work pixels of the cells around it.
+    pairs = _cell_pixels(cells, cell_order(order)).merge(own, on="cell")
+    with_data = np.unique(own["cell"].to_numpy() >> (2 * CELL_DELTA))
+    pairs = pairs[pairs["pixel"].isin(with_data)].drop_duplicates(["pixel", "unit"])
     out = {}
     for pixel, group in pairs.sort_values(["pixel", "unit"]).groupby("pixel", sort=False):
         digest = hashlib.sha256(salt.encode())
         digest.update(group["unit"].to_numpy(dtype=np.int64).tobytes())
         out[int(pixel)] = digest.hexdigest()[:32]
     return out
+
+
+def _cell_pixels(cells: np.ndarray, fine: int) -> pd.DataFrame:
+    """Pairs (cell, pixel): the work pixels whose area or border holds each cell."""
+    pairs = _with_neighbours(cells, fine)
+    return pd.DataFrame(
+        {"cell": pairs["pixel"].to_numpy(), "pixel": pairs["near"].to_numpy() >> (2 * CELL_DELTA)}
+    ).drop_duplicates()
 
 
 def dirty_pixels(previous: dict[int, str], current: dict[int, str]) -> set[int]:

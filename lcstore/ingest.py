@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lcstore import schema
+from lcstore.changes import cell_order
 from lcstore.errors import InputFileError
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, spatial_index
 from lcstore.io.ztf_products import (
@@ -64,7 +65,7 @@ LEDGER_SCHEMA = pa.schema(
         ("procversion", pa.int16()),
         ("programid", pa.int8()),  # epochs: the exposure's program
         ("mjd", pa.float64()),  # epochs: the exposure's time
-        ("pixels", pa.list_(pa.int64())),  # work pixels the unit's rows fall in
+        ("cells", pa.list_(pa.int64())),  # cells (see lcstore.changes) the unit's rows fall in
     ]
 )
 
@@ -344,12 +345,12 @@ def stage_batch(kind: str, files: list[InputFile], store: str, work_order: int) 
         # One spatial-index call per batch: its per-call overhead would dominate per file.
         index = spatial_index(table.column("ra").to_numpy(), table.column("dec").to_numpy())
         table = table.append_column(SPATIAL_INDEX_COLUMN, pa.array(index))
-        pixels = pd.DataFrame(
-            {"unit": table.column(UNIT_COLUMN).to_numpy(), "pixel": pixel_of(index, work_order)}
+        cells = pd.DataFrame(
+            {"unit": table.column(UNIT_COLUMN).to_numpy(), "cell": pixel_of(index, cell_order(work_order))}
         )
-        unit_pixels = pixels.drop_duplicates().groupby("unit")["pixel"].agg(sorted)
+        unit_cells = cells.drop_duplicates().groupby("unit")["cell"].agg(sorted)
         for row in ledger:
-            row["pixels"] = [int(p) for p in unit_pixels[row["unit"]]]
+            row["cells"] = [int(c) for c in unit_cells[row["unit"]]]
         order = np.argsort(index, kind="stable")
         table = table.take(order)
         pixels = pixel_of(index[order], work_order)

@@ -61,6 +61,7 @@ def write_state(folder: Path, state: ReleaseState) -> None:
             "det_hist_counts": [r.detection_hist[1].tolist() for r in rows],
             "obj_hist_pixels": [r.object_hist[0].tolist() for r in rows],
             "obj_hist_counts": [r.object_hist[1].tolist() for r in rows],
+            "output_digests": [json.dumps(r.output_digests, sort_keys=True) for r in rows],
         }
     )
     pq.write_table(table, folder / "pixels.parquet")
@@ -93,6 +94,7 @@ def read_state(folder: Path) -> ReleaseState | None:
                 np.array(row["obj_hist_pixels"], np.int64),
                 np.array(row["obj_hist_counts"], np.int64),
             ),
+            output_digests=json.loads(row["output_digests"]),
         )
         for row in table
     }

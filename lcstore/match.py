@@ -21,6 +21,7 @@ reading and writing around it.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,10 @@ class PixelResult:
     detection_only: int
     detection_hist: tuple[np.ndarray, np.ndarray]
     object_hist: tuple[np.ndarray, np.ndarray]
+    #: Content digest of the detections this pixel emitted, per owner work pixel, and of
+    #: the objects and refmap rows it emitted: a later build compares them to see which
+    #: partitions really changed.
+    output_digests: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -239,17 +244,16 @@ def match_pixel(
 
     work = Path(work_dir)
     out = result.detections
+    digests = {}
     owners = pixel_of(out.column(SPATIAL_INDEX_COLUMN).to_numpy(), params.work_order)
     for owner in np.unique(owners):
-        atomic_write_table(
-            out.filter(pa.array(owners == owner)), work / "detections" / str(int(owner)) / f"{pixel}.parquet"
-        )
-    atomic_write_table(
-        pa.Table.from_pandas(result.objects, preserve_index=False), work / "objects" / f"{pixel}.parquet"
-    )
-    atomic_write_table(
-        pa.Table.from_pandas(result.refmap, preserve_index=False), work / "refmap" / f"{pixel}.parquet"
-    )
+        owned = out.filter(pa.array(owners == owner))
+        atomic_write_table(owned, work / "detections" / str(int(owner)) / f"{pixel}.parquet")
+        digests[f"detections/{int(owner)}"] = table_digest(owned)
+    for name, frame in (("objects", result.objects), ("refmap", result.refmap)):
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        atomic_write_table(table, work / name / f"{pixel}.parquet")
+        digests[name] = table_digest(table)
     det_idx = out.column(SPATIAL_INDEX_COLUMN).to_numpy()
     obj_idx = result.objects[SPATIAL_INDEX_COLUMN].to_numpy()
     return PixelResult(
@@ -260,7 +264,16 @@ def match_pixel(
         detection_only=int((~result.objects[schema.HAS_REF]).sum()),
         detection_hist=histogram(det_idx, HISTOGRAM_ORDER),
         object_hist=histogram(obj_idx, HISTOGRAM_ORDER),
+        output_digests=digests,
     )
+
+
+def table_digest(table: pa.Table) -> str:
+    """Digest of a table's schema and content (equal tables, equal digests)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue()).hexdigest()[:32]
 
 
 def _empty_detections() -> pa.Table:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from distributed import Client, LocalCluster
 
 from lcstore import schema
-from lcstore.changes import dirty_pixels, fingerprints, neighbourhood, owners, partitions_to_rebuild
+from lcstore.changes import dirty_pixels, fingerprints, partitions_to_rebuild
 from lcstore.embargo import Cutoffs, eligible
 from lcstore.errors import LcstoreError, ReleaseExistsError
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, spatial_index
@@ -49,6 +49,7 @@ from lcstore.publish import new_build_dir, publish, remove_stale_builds
 from lcstore.store import DEFAULT_WORK_ORDER, FORMAT_VERSION, Store
 from lcstore.supersede import select_units
 from lcstore.write import (
+    PartitionSources,
     finalize_catalog,
     share_partition,
     write_detection_partition,
@@ -275,49 +276,49 @@ def _build(
     # 1. Match the dirty pixels; the others' output is unchanged.
     with _stage(report, "match", say):
         results = _run_match(client, sorted(dirty & set(prints)), config, store, ledger, selection, work_dir)
+    target = _detection_schema(work_dir, previous.detection_schema if previous else None)
+    if previous is not None and not target.equals(previous.detection_schema):
+        # New pass-through columns: every partition changes, so rebuild from scratch.
+        say("  the detection schema changed: rebuilding every partition")
+        results |= _run_match(client, sorted(set(prints) - dirty), config, store, ledger, selection, work_dir)
+        dirty, previous = set(prints) | dirty, None
     pixel_stats = {p: (results[p] if p in results else previous.pixels[p]) for p in prints}
+    report.work_pixels = len(prints)
+    report.work_pixels_matched = len(results)
 
-    # 2. Plan the partitions from every pixel's histogram; find those to rebuild.
-    det_parts = [
-        (o, p)
-        for o, p, _ in plan_partitions(
-            *merge_histograms([s.detection_hist for s in pixel_stats.values()]),
-            HISTOGRAM_ORDER,
-            config.detection_partition_rows,
-        )
-    ]
-    obj_parts = [
-        (o, p)
-        for o, p, _ in plan_partitions(
-            *merge_histograms([s.object_hist for s in pixel_stats.values()]),
-            HISTOGRAM_ORDER,
-            config.object_partition_rows,
-        )
-    ]
+    # 2. Plan the partitions from every pixel's histogram.
+    det_parts = _plan(pixel_stats, "detection_hist", config.detection_partition_rows)
+    obj_parts = _plan(pixel_stats, "object_hist", config.object_partition_rows)
     if not obj_parts:
         raise LcstoreError("nothing to publish: no reference source and no eligible detection")
-    affected = neighbourhood(dirty, order)
-    target = _detection_schema(work_dir, previous.detection_schema if previous else None)
-    if previous is None or previous.detection_schema is None or not target.equals(previous.detection_schema):
-        rebuild_det, rebuild_obj = det_parts, obj_parts
-    else:
-        rebuild_det = partitions_to_rebuild(det_parts, set(previous.detection_partitions), affected, order)
-        rebuild_obj = partitions_to_rebuild(obj_parts, set(previous.object_partitions), affected, order)
 
-    # 3. Rebuilt partitions need the match output of every work pixel that feeds them.
-    feeding = neighbourhood({w for o, p in rebuild_det for w in owners(o, p, order)}, order)
-    feeding |= {w for o, p in rebuild_obj for w in owners(o, p, order)}
-    with _stage(report, "rematch", say):
-        extra = _run_match(
-            client, sorted((feeding & set(prints)) - dirty), config, store, ledger, selection, work_dir
-        )
-    report.work_pixels = len(prints)
-    report.work_pixels_matched = len(results) + len(extra)
+    # 3. Rebuild the partitions whose rows changed: new partitions, and those holding rows
+    #    owned by a work pixel that received different rows from a rematched pixel.
+    changed_det, changed_obj = _changed_owners(dirty, results, previous)
+    prev_det = set(previous.detection_partitions) if previous else set()
+    prev_obj = set(previous.object_partitions) if previous else set()
+    rebuild_det = partitions_to_rebuild(det_parts, prev_det, changed_det, order)
+    # Object statistics come from the detections, so their changes count too.
+    rebuild_obj = partitions_to_rebuild(obj_parts, prev_obj, changed_obj | changed_det, order)
 
     # 4. Write: detections first, since object statistics are read from them.
     with _stage(report, "write", say):
         det_dir, obj_dir = build_dir / "detections", build_dir / "objects"
         prev_dir = store.release_dir(previous.name) if previous else None
+        det_src = PartitionSources(
+            str(work_dir),
+            order,
+            frozenset(dirty),
+            str(prev_dir / "detections") if prev_dir else None,
+            tuple(prev_det),
+        )
+        obj_src = PartitionSources(
+            str(work_dir),
+            order,
+            frozenset(dirty),
+            str(prev_dir / "objects") if prev_dir else None,
+            tuple(prev_obj),
+        )
         det_rows = _write_partitions(
             client,
             det_parts,
@@ -325,7 +326,7 @@ def _build(
             prev_dir,
             "detections",
             det_dir,
-            lambda part: write_detection_partition(str(work_dir), *part, order, target, str(det_dir)),
+            lambda part: write_detection_partition(det_src, *part, target, str(det_dir)),
         )
         obj_rows = _write_partitions(
             client,
@@ -334,9 +335,7 @@ def _build(
             prev_dir,
             "objects",
             obj_dir,
-            lambda part: write_object_partition(
-                str(work_dir), *part, order, str(det_dir), det_parts, str(obj_dir)
-            ),
+            lambda part: write_object_partition(obj_src, *part, str(det_dir), det_parts, str(obj_dir)),
         )
         name = config.release
         finalize_catalog(
@@ -352,7 +351,7 @@ def _build(
         finalize_catalog(
             str(obj_dir), None, f"{name}_objects", "object", obj_parts, sum(obj_rows.values()), "ra", "dec"
         )
-        _write_refmap(build_dir, work_dir, prev_dir, set(results) | set(extra), order)
+        _write_refmap(build_dir, work_dir, prev_dir, set(results), order)
     report.detections = sum(det_rows.values())
     report.objects = sum(obj_rows.values())
     report.detection_only_objects = sum(s.detection_only for s in pixel_stats.values())
@@ -370,6 +369,30 @@ def _build(
         detection_schema=target,
         units=np.sort(units["unit"].to_numpy(dtype=np.int64)),
     )
+
+
+def _plan(pixel_stats: dict[int, PixelResult], hist: str, max_rows: int) -> list[tuple[int, int]]:
+    merged = merge_histograms([getattr(s, hist) for s in pixel_stats.values()])
+    return [(o, p) for o, p, _ in plan_partitions(*merged, HISTOGRAM_ORDER, max_rows)]
+
+
+def _changed_owners(
+    dirty: set[int], results: dict[int, PixelResult], previous: ReleaseState | None
+) -> tuple[set[int], set[int]]:
+    """Work pixels owning detections, and objects, that a rematched pixel emitted differently."""
+    changed_det: set[int] = set()
+    changed_obj: set[int] = set()
+    for pixel in dirty:
+        new = results[pixel].output_digests if pixel in results else {}
+        old = previous.pixels[pixel].output_digests if previous and pixel in previous.pixels else {}
+        for key in set(new) | set(old):
+            if new.get(key) != old.get(key):
+                kind, _, owner = key.partition("/")
+                if kind == "detections":
+                    changed_det.add(int(owner))
+                elif kind == "objects":
+                    changed_obj.add(pixel)
+    return changed_det, changed_obj
 
 
 def _write_partitions(

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import hats
@@ -32,7 +34,7 @@ from hats.pixel_math import HealpixPixel
 
 from lcstore import schema
 from lcstore.changes import overlapping, owners
-from lcstore.healpix import SPATIAL_INDEX_COLUMN, index_range
+from lcstore.healpix import SPATIAL_INDEX_COLUMN, index_range, pixel_of, spatial_index
 
 #: Rows per Parquet row group in release files: small enough that a cone search reads
 #: little more than it needs, large enough to keep per-group overhead low.
@@ -49,24 +51,64 @@ def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None =
     os.replace(tmp, path)
 
 
-def _read_owned(folder: Path, order: int, pixel: int, work_order: int, nested: bool) -> pa.Table | None:
-    """Rows the match step wrote for the work pixels overlapping partition (order, pixel)."""
+@dataclass(frozen=True)
+class PartitionSources:
+    """Where the rows of one release partition come from.
+
+    Rows emitted by the work pixels in ``rematched`` come from this build's match output
+    in ``work_dir``; all other rows are unchanged since the previous release and are read
+    from its partitions in ``previous_parts`` of catalog ``previous_dir``.
+    """
+
+    work_dir: str
+    work_order: int
+    rematched: frozenset[int]
+    previous_dir: str | None = None
+    previous_parts: tuple[tuple[int, int], ...] = ()
+
+
+def _fresh_rows(sources: PartitionSources, kind: str, order: int, pixel: int) -> list[pa.Table]:
+    """This build's match output for the area of partition (order, pixel)."""
     lo, hi = index_range(order, pixel)
-    owned = [
-        o
-        for o in owners(order, pixel, work_order)
-        if (folder / (str(o) if nested else f"{o}.parquet")).exists()
-    ]
+    folder = Path(sources.work_dir) / kind
     tables = []
-    for owner in owned:
-        files = sorted((folder / str(owner)).glob("*.parquet")) if nested else [folder / f"{owner}.parquet"]
+    for owner in owners(order, pixel, sources.work_order):
+        if kind == "detections":
+            files = sorted((folder / str(owner)).glob("*.parquet"))
+        else:
+            files = [folder / f"{owner}.parquet"] if owner in sources.rematched else []
         for f in files:
             t = pq.read_table(f)
             idx = t.column(SPATIAL_INDEX_COLUMN).to_numpy()
             tables.append(t.filter(pa.array((idx >= lo) & (idx < hi))))
-    if not tables:
-        return None
-    return pa.concat_tables(tables, promote_options="permissive")
+    return tables
+
+
+def _kept_rows(
+    sources: PartitionSources, emitter_of: Callable[[pa.Table], np.ndarray], order: int, pixel: int
+) -> list[pa.Table]:
+    """Rows of the previous release in the partition's area whose emitter was not rematched."""
+    if sources.previous_dir is None:
+        return []
+    lo, hi = index_range(order, pixel)
+    rematched = np.fromiter(sources.rematched, dtype=np.int64)
+    tables = []
+    for part in overlapping(list(sources.previous_parts), order, pixel):
+        path = paths.pixel_catalog_file(sources.previous_dir, HealpixPixel(*part))
+        t = pq.read_table(path, filters=[(SPATIAL_INDEX_COLUMN, ">=", lo), (SPATIAL_INDEX_COLUMN, "<", hi)])
+        keep = ~np.isin(pixel_of(emitter_of(t), sources.work_order), rematched)
+        tables.append(t.filter(pa.array(keep)))
+    return tables
+
+
+def _detection_emitter(table: pa.Table) -> np.ndarray:
+    # A detection is emitted by the work pixel of its own position.
+    return spatial_index(table.column("ra").to_numpy(), table.column("dec").to_numpy())
+
+
+def _object_emitter(table: pa.Table) -> np.ndarray:
+    # An object is emitted by the work pixel of its (seed) position.
+    return table.column(SPATIAL_INDEX_COLUMN).to_numpy()
 
 
 def conform(table: pa.Table, target: pa.Schema) -> pa.Table:
@@ -130,11 +172,12 @@ def object_statistics(dets: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_detection_partition(
-    work_dir: str, order: int, pixel: int, work_order: int, target: pa.Schema, catalog_dir: str
+    sources: PartitionSources, order: int, pixel: int, target: pa.Schema, catalog_dir: str
 ) -> int:
-    """Write one detections partition from the match output; return its row count."""
-    table = _read_owned(Path(work_dir) / "detections", order, pixel, work_order, nested=True)
-    table = sort_lightcurves(conform(table, target))
+    """Write one detections partition; return its row count."""
+    tables = _fresh_rows(sources, "detections", order, pixel)
+    tables += _kept_rows(sources, _detection_emitter, order, pixel)
+    table = sort_lightcurves(conform(pa.concat_tables([conform(t, target) for t in tables]), target))
     path = paths.pixel_catalog_file(catalog_dir, HealpixPixel(order, pixel))
     atomic_write_table(table, Path(path), row_group_size=ROW_GROUP_ROWS)
     return table.num_rows
@@ -142,7 +185,7 @@ def write_detection_partition(
 
 def _statistics_in(detections_dir: str, detection_parts: list[tuple[int, int]], order: int, pixel: int):
     lo, hi = index_range(order, pixel)
-    columns = ["objectid", "filtercode", "mjd", "mag", "catflags", SPATIAL_INDEX_COLUMN]
+    columns = ["objectid", "filtercode", "mjd", "mag", "catflags"]
     frames = []
     for part in overlapping(detection_parts, order, pixel):
         path = paths.pixel_catalog_file(detections_dir, HealpixPixel(*part))
@@ -155,11 +198,14 @@ def _statistics_in(detections_dir: str, detection_parts: list[tuple[int, int]], 
     return object_statistics(pd.concat(frames, ignore_index=True))
 
 
+#: Columns of an object row that the match step emits; the rest are statistics.
+OBJECT_BASE_COLUMNS = [schema.OBJECTID, "ra", "dec", schema.HAS_REF, "nrefs", SPATIAL_INDEX_COLUMN]
+
+
 def write_object_partition(
-    work_dir: str,
+    sources: PartitionSources,
     order: int,
     pixel: int,
-    work_order: int,
     detections_dir: str,
     detection_parts: list[tuple[int, int]],
     catalog_dir: str,
@@ -169,7 +215,9 @@ def write_object_partition(
     The statistics are computed from the release's detections partitions (already
     written, or shared with the previous release) that overlap this partition.
     """
-    objects = _read_owned(Path(work_dir) / "objects", order, pixel, work_order, nested=False).to_pandas()
+    tables = _fresh_rows(sources, "objects", order, pixel)
+    tables += [t.select(OBJECT_BASE_COLUMNS) for t in _kept_rows(sources, _object_emitter, order, pixel)]
+    objects = pa.concat_tables([t.select(OBJECT_BASE_COLUMNS) for t in tables]).to_pandas()
     stats = _statistics_in(detections_dir, detection_parts, order, pixel)
     merged = objects.merge(stats, on="objectid", how="left", validate="one_to_one")
     for band in schema.FILTERCODES:

@@ -1,0 +1,61 @@
+"""Change tracking: which work pixels and partitions a new unit can affect."""
+
+import numpy as np
+import pandas as pd
+
+from lcstore.changes import CELL_DELTA, cell_order, dirty_pixels, fingerprints, partitions_to_rebuild
+from lcstore.healpix import pixel_of, spatial_index
+
+ORDER = 6
+
+
+def cells_of(ra, dec):
+    return sorted(
+        set(pixel_of(spatial_index(np.atleast_1d(ra), np.atleast_1d(dec)), cell_order(ORDER)).tolist())
+    )
+
+
+def units(*rows):
+    return pd.DataFrame({"unit": [u for u, _ in rows], "cells": [c for _, c in rows]})
+
+
+def test_a_unit_changes_its_pixel_and_the_pixels_whose_border_it_touches():
+    base = units((1, cells_of(150.0, 20.0)))
+    centre = int(pixel_of(spatial_index([150.0], [20.0]), ORDER)[0])
+    before = fingerprints(base, ORDER, "s")
+    # A unit deep inside the same pixel changes only that pixel.
+    lo = centre << (2 * CELL_DELTA)
+    inner_cell = lo + (1 << (2 * CELL_DELTA)) // 2 + 5
+    after = fingerprints(pd.concat([base, units((2, [inner_cell]))]), ORDER, "s")
+    changed = dirty_pixels(before, after)
+    assert centre in changed
+    # Pixels are only fingerprinted where there is data.
+    assert changed <= set(after)
+
+
+def test_fingerprints_depend_on_units_not_order_and_on_salt():
+    a = units((1, cells_of(150.0, 20.0)), (2, cells_of(150.1, 20.0)))
+    b = a.iloc[::-1]
+    assert fingerprints(a, ORDER, "s") == fingerprints(b, ORDER, "s")
+    assert fingerprints(a, ORDER, "s") != fingerprints(a, ORDER, "t")
+
+
+def test_border_cell_reaches_the_neighbouring_pixel():
+    # Two points 5" apart on either side of a pixel boundary: a unit on one side must
+    # change the fingerprint of the pixel on the other side (its margin holds the unit).
+    ra = np.linspace(150.0, 153.0, 60001)
+    pix = pixel_of(spatial_index(ra, np.full_like(ra, 20.0)), ORDER)
+    edge = int(np.flatnonzero(np.diff(pix))[0])
+    left, right = int(pix[edge]), int(pix[edge + 1])
+    base = units((1, cells_of(ra[edge - 200], 20.0)), (2, cells_of(ra[edge + 200], 20.0)))
+    before = fingerprints(base, ORDER, "s")
+    after = fingerprints(pd.concat([base, units((3, cells_of(ra[edge], 20.0)))]), ORDER, "s")
+    assert {left, right} <= dirty_pixels(before, after)
+
+
+def test_partitions_to_rebuild():
+    parts = [(5, 10), (7, 200), (7, 201)]
+    previous = {(5, 10), (7, 200)}
+    # (7, 201) is new; (7, 200) lies in work pixel (6, 50), which changed.
+    assert partitions_to_rebuild(parts, previous, {50}, 6) == [(7, 200), (7, 201)]
+    assert partitions_to_rebuild(parts, previous, set(), 6) == [(7, 201)]

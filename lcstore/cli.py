@@ -123,6 +123,16 @@ example:
   lcstore releases /data/store
 """
 
+_DIFF_EXAMPLES = """\
+Summarises what changed from release OLD to release NEW: detections from new
+exposures, detections whose embargo ended, reprocessed exposures and the older versions
+they superseded, and objects added or removed.
+
+examples:
+  lcstore diff /data/store DR5 DR6
+  lcstore diff /data/store DR5 DR6 --json
+"""
+
 log = logging.getLogger("lcstore.cli")
 
 
@@ -304,6 +314,14 @@ def _releases(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diff(args: argparse.Namespace) -> int:
+    from lcstore.diff import diff_releases
+
+    changes = diff_releases(args.store, args.old, args.new)
+    print(json.dumps(changes.as_dict(), indent=2) if args.json else changes.summary())
+    return 0
+
+
 # --- parser -------------------------------------------------------------------------------
 
 
@@ -428,6 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("releases", "list the published releases of a store", _RELEASES_EXAMPLES)
     p.add_argument("store", metavar="STORE", help="store directory")
     p.set_defaults(run=_releases)
+
+    p = command("diff", "what changed between two releases", _DIFF_EXAMPLES)
+    p.add_argument("store", metavar="STORE", help="store directory")
+    p.add_argument("old", metavar="OLD", help="the earlier release")
+    p.add_argument("new", metavar="NEW", help="the later release")
+    p.add_argument("--json", action="store_true", help="print the counts as JSON")
+    p.set_defaults(run=_diff)
     return parser
 
 

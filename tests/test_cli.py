@@ -199,3 +199,25 @@ def test_simulate_passes_preset_and_seed(capsys, monkeypatch, tmp_path):
 
     code, _, err = run(capsys, "simulate", tmp_path, "--preset", "huge")
     assert code == EXIT_USAGE and "unknown preset 'huge'" in err and "demo, tiny" in err
+
+
+def test_diff_reports_what_changed(tmp_path, tiny_survey, build, capsys):
+    import json as _json
+
+    from lcstore.cli import main as cli_main
+
+    store = tmp_path / "store"
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1", "2018-03-19", "2018-03-18")
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR2")
+    assert cli_main(["diff", str(store), "DR1", "DR2", "--json"]) == 0
+    changes = _json.loads(capsys.readouterr().out)
+    assert changes["detections_newly_public"] > 0
+    assert changes["detections_new"] == (
+        changes["detections_old"]
+        + changes["detections_new_data"]
+        + changes["detections_newly_public"]
+        + changes["detections_reprocessed"]
+        - changes["detections_superseded"]
+    )
+    assert cli_main(["diff", str(store), "DR1", "DR9"]) == 2
+    assert "no release 'DR9'" in capsys.readouterr().err

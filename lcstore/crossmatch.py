@@ -1,11 +1,18 @@
 """Positional matching kernel: the nearest target within a radius.
 
-Positions are unit vectors on the sphere, so the search is exact everywhere: at the poles,
-across RA = 0/360 and across any partition boundary (the caller supplies margins). Targets
-are bucketed in a 3-D grid of cubes whose side is the chord of the search radius; a
-query's match can only lie in its own cube or the 26 around it. Targets are sorted by
-cube key, so for each of the 9 (x, y) columns the 3 cubes along z are one contiguous run,
-found by binary search.
+Positions are unit vectors on the sphere and separations are chords between them, so the
+answer is exact everywhere: at the poles, across RA = 0/360 and across any partition
+boundary (the caller supplies margins).
+
+The search needs no tree and no sort of the queries, though queries in spatial order
+(as the pipeline's, sorted by ``_healpix_29``) run several times faster, since the
+targets they read then stay in cache. Targets are bucketed into square
+*columns* of a 2-D grid over two of the three Cartesian axes, those across the data's
+dominant direction, so a column pierces the sphere near the data in one small patch.
+The grid's cell is at least the search chord, so a query's match lies in its own column
+or one of the 8 around it; each column is a contiguous run of the targets, which are
+counting-sorted by column. Grid cells grow when the data spread wide, which keeps the
+table small and never affects exactness.
 
 Pure numpy + numba; no I/O, no Dask.
 """
@@ -17,8 +24,8 @@ import numpy as np
 
 ARCSEC_PER_RADIAN = 180.0 * 3600.0 / np.pi
 
-# Cube side never below 1e-6 (about 0.2 arcsec): keeps the 3-D key inside int64.
-_MIN_CELL = 1.0e-6
+#: Most columns in the grid; beyond it the cells grow (more candidates, same answers).
+MAX_COLUMNS = 1 << 22
 
 
 def chord_of(radius_arcsec: float) -> float:
@@ -31,67 +38,54 @@ def arcsec_of_chord(chord: np.ndarray) -> np.ndarray:
     return 2.0 * np.arcsin(np.minimum(chord, 2.0) / 2.0) * ARCSEC_PER_RADIAN
 
 
-class Grid:
-    """Cube bucketing of the unit sphere for one search radius."""
-
-    def __init__(self, radius_arcsec: float) -> None:
-        if not radius_arcsec > 0:
-            raise ValueError(f"radius must be positive, got {radius_arcsec} arcsec")
-        self.chord = chord_of(radius_arcsec)
-        self.cell = max(self.chord, _MIN_CELL)
-        self.ncell = int(np.ceil(2.0 / self.cell)) + 3
+@numba.njit(cache=True)
+def _column_of(u: float, v: float, u0: float, v0: float, cell: float, nu: int, nv: int) -> tuple:
+    iu = min(max(int((u - u0) / cell), 0), nu - 1)
+    iv = min(max(int((v - v0) / cell), 0), nv - 1)
+    return iu, iv
 
 
 @numba.njit(cache=True)
-def _cell_coords(xyz: np.ndarray, cell: float) -> np.ndarray:
-    out = np.empty(xyz.shape, dtype=np.int64)
-    for i in range(xyz.shape[0]):
-        for k in range(3):
-            out[i, k] = np.int64(np.floor((xyz[i, k] + 1.0) / cell)) + 1
-    return out
+def _bucket(txyz, a_u, a_v, u0, v0, cell, nu, nv):
+    """Counting sort of the targets by column: (start offsets, target order)."""
+    m = txyz.shape[0]
+    col = np.empty(m, dtype=np.int64)
+    counts = np.zeros(nu * nv + 1, dtype=np.int64)
+    for j in range(m):
+        iu, iv = _column_of(txyz[j, a_u], txyz[j, a_v], u0, v0, cell, nu, nv)
+        col[j] = iu * nv + iv
+        counts[col[j] + 1] += 1
+    start = np.cumsum(counts)
+    fill = start[:-1].copy()
+    order = np.empty(m, dtype=np.int64)
+    for j in range(m):
+        order[fill[col[j]]] = j
+        fill[col[j]] += 1
+    return start, order
 
 
 @numba.njit(cache=True)
-def _key(ix: np.int64, iy: np.int64, iz: np.int64, ncell: np.int64) -> np.int64:
-    return (ix * ncell + iy) * ncell + iz
-
-
-@numba.njit(cache=True)
-def _sorted_keys(coords: np.ndarray, ncell: np.int64) -> np.ndarray:
-    keys = np.empty(coords.shape[0], dtype=np.int64)
-    for i in range(coords.shape[0]):
-        keys[i] = _key(coords[i, 0], coords[i, 1], coords[i, 2], ncell)
-    return keys
-
-
-@numba.njit(cache=True)
-def _nearest_kernel(
-    qxyz: np.ndarray,
-    qcoords: np.ndarray,
-    txyz: np.ndarray,
-    tkeys_sorted: np.ndarray,
-    torder: np.ndarray,
-    ncell: np.int64,
-    chord2: float,
-) -> tuple[np.ndarray, np.ndarray]:
+def _nearest(qxyz, txyz, start, order, a_u, a_v, u0, v0, cell, nu, nv, chord2):
     n = qxyz.shape[0]
     best = np.full(n, -1, dtype=np.int64)
     best_d2 = np.full(n, np.inf)
     for i in range(n):
-        ix, iy, iz = qcoords[i, 0], qcoords[i, 1], qcoords[i, 2]
-        for dx in range(-1, 2):
-            for dy in range(-1, 2):
-                lo = np.searchsorted(tkeys_sorted, _key(ix + dx, iy + dy, iz - 1, ncell), side="left")
-                hi = np.searchsorted(tkeys_sorted, _key(ix + dx, iy + dy, iz + 1, ncell), side="right")
-                for s in range(lo, hi):
-                    j = torder[s]
-                    d2 = 0.0
-                    for k in range(3):
-                        d = qxyz[i, k] - txyz[j, k]
-                        d2 += d * d
-                    # Ties go to the lower target index so results never depend on sort order.
-                    if d2 <= chord2 and (d2 < best_d2[i] or (d2 == best_d2[i] and j < best[i])):
-                        best_d2[i] = d2
+        qu, qv = qxyz[i, a_u], qxyz[i, a_v]
+        iu = int(np.floor((qu - u0) / cell))
+        iv = int(np.floor((qv - v0) / cell))
+        for cu in range(max(iu - 1, 0), min(iu + 2, nu)):
+            for cv in range(max(iv - 1, 0), min(iv + 2, nv)):
+                c = cu * nv + cv
+                for s in range(start[c], start[c + 1]):
+                    j = order[s]
+                    # txyz is in column order: the scan reads memory in sequence.
+                    d0 = qxyz[i, 0] - txyz[s, 0]
+                    d1 = qxyz[i, 1] - txyz[s, 1]
+                    d2 = qxyz[i, 2] - txyz[s, 2]
+                    d = d0 * d0 + d1 * d1 + d2 * d2
+                    # Ties go to the lower target index so results never depend on order.
+                    if d <= chord2 and (d < best_d2[i] or (d == best_d2[i] and j < best[i])):
+                        best_d2[i] = d
                         best[i] = j
     return best, best_d2
 
@@ -116,19 +110,28 @@ def nearest_within(
     separation_arcsec : numpy.ndarray
         float64 separation in arcseconds, NaN where there is no match.
     """
-    grid = Grid(radius_arcsec)
+    if not radius_arcsec > 0:
+        raise ValueError(f"radius must be positive, got {radius_arcsec} arcsec")
     query_xyz = np.ascontiguousarray(query_xyz, dtype=np.float64).reshape(-1, 3)
     target_xyz = np.ascontiguousarray(target_xyz, dtype=np.float64).reshape(-1, 3)
     if len(query_xyz) == 0 or len(target_xyz) == 0:
         return np.full(len(query_xyz), -1, dtype=np.int64), np.full(len(query_xyz), np.nan)
-    tkeys = _sorted_keys(_cell_coords(target_xyz, grid.cell), grid.ncell)
-    torder = np.argsort(tkeys, kind="stable")
-    qcoords = _cell_coords(query_xyz, grid.cell)
+    chord = chord_of(radius_arcsec)
+    # Columns run along the axis the data face most; the grid spans the other two.
+    axis = int(np.argmax(np.abs(target_xyz.mean(axis=0))))
+    a_u, a_v = [a for a in range(3) if a != axis]
+    lo = target_xyz.min(axis=0)
+    hi = target_xyz.max(axis=0)
+    extent = max(hi[a_u] - lo[a_u], hi[a_v] - lo[a_v], chord)
+    cell = max(chord, extent / np.sqrt(MAX_COLUMNS)) * (1.0 + 1e-9)
+    nu = int((hi[a_u] - lo[a_u]) / cell) + 1
+    nv = int((hi[a_v] - lo[a_v]) / cell) + 1
+    start, order = _bucket(target_xyz, a_u, a_v, lo[a_u], lo[a_v], cell, nu, nv)
     # The radius is padded by a relative 1e-12 so a target at exactly the radius matches
     # despite rounding in the chord.
-    chord2 = (grid.chord * (1.0 + 1e-12)) ** 2
-    best, best_d2 = _nearest_kernel(
-        query_xyz, qcoords, target_xyz, tkeys[torder], torder, np.int64(grid.ncell), chord2
+    chord2 = (chord * (1.0 + 1e-12)) ** 2
+    best, best_d2 = _nearest(
+        query_xyz, target_xyz[order], start, order, a_u, a_v, lo[a_u], lo[a_v], cell, nu, nv, chord2
     )
     sep = np.where(best >= 0, arcsec_of_chord(np.sqrt(best_d2)), np.nan)
     return best, sep

@@ -5,7 +5,8 @@ detections are taken in time order (ties broken by detection key); each joins th
 existing cluster seed within the radius, or becomes a seed itself. The earliest detection
 of a cluster is therefore its seed, and its position is the object's position. The order
 is a property of the data, not of partitioning or processing, so the same detections
-always give the same clusters.
+always give the same clusters. Seeds are kept in a hash of 3-D cubes as wide as the
+radius, so a detection compares itself only with the seeds in the 27 cubes around it.
 
 Pure numpy + numba; no I/O, no Dask.
 """
@@ -17,7 +18,35 @@ import numpy as np
 from numba import types
 from numba.typed import Dict
 
-from lcstore.crossmatch import Grid, _cell_coords, _key
+from lcstore.crossmatch import chord_of
+
+# Cube side never below 1e-6 (about 0.2 arcsec): keeps the 3-D cube key inside int64.
+_MIN_CELL = 1.0e-6
+
+
+class Grid:
+    """Cube bucketing of the unit sphere for one linking radius."""
+
+    def __init__(self, radius_arcsec: float) -> None:
+        if not radius_arcsec > 0:
+            raise ValueError(f"radius must be positive, got {radius_arcsec} arcsec")
+        self.chord = chord_of(radius_arcsec)
+        self.cell = max(self.chord, _MIN_CELL)
+        self.ncell = int(np.ceil(2.0 / self.cell)) + 3
+
+
+@numba.njit(cache=True)
+def _cell_coords(xyz: np.ndarray, cell: float) -> np.ndarray:
+    out = np.empty(xyz.shape, dtype=np.int64)
+    for i in range(xyz.shape[0]):
+        for k in range(3):
+            out[i, k] = np.int64(np.floor((xyz[i, k] + 1.0) / cell)) + 1
+    return out
+
+
+@numba.njit(cache=True)
+def _key(ix: np.int64, iy: np.int64, iz: np.int64, ncell: np.int64) -> np.int64:
+    return (ix * ncell + iy) * ncell + iz
 
 
 @numba.njit(cache=True)

@@ -5,7 +5,7 @@ It sits on the public API only (:func:`lcstore.open`, :func:`lcstore.pipeline.bu
 needs them, so ``lcstore --help`` answers at once.
 
 Exit codes: 0 success, 2 bad input (a one-line ``lcstore: error: ...`` on stderr), 3 a
-``build --strict`` that quarantined files or met conflicts.
+``build --strict`` that met quarantined files or conflicts (nothing published).
 """
 
 from __future__ import annotations
@@ -198,6 +198,7 @@ def _emit(frame: pd.DataFrame, args: argparse.Namespace) -> None:
 
 def _build(args: argparse.Namespace) -> int:
     from lcstore.embargo import Cutoffs
+    from lcstore.errors import StrictBuildError
     from lcstore.pipeline import BuildConfig, build_release, dask_client
 
     optional = {
@@ -212,17 +213,15 @@ def _build(args: argparse.Namespace) -> int:
         release=args.release,
         cutoffs=Cutoffs(public=args.public_cutoff, private=args.private_cutoff),
         radius_arcsec=args.radius,
+        strict=args.strict,
         **{k: v for k, v in optional.items() if v is not None},
     )
     with dask_client(args.workers, args.scheduler) as client:
-        report = build_release(config, client)
-    if args.strict and (report.quarantined or report.conflicts):
-        print(
-            f"lcstore: strict: {len(report.quarantined)} file(s) quarantined and "
-            f"{len(report.conflicts)} conflict(s); release {args.release} was published regardless",
-            file=sys.stderr,
-        )
-        return EXIT_STRICT
+        try:
+            build_release(config, client)
+        except StrictBuildError as err:
+            print(f"lcstore: {err}", file=sys.stderr)
+            return EXIT_STRICT
     return 0
 
 
@@ -411,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strict",
         action="store_true",
-        help="exit with status 3 if any file was quarantined or conflicted (the release is still published)",
+        help="fail (exit status 3, nothing published) if any file would be quarantined or conflicts",
     )
     p.set_defaults(run=_build)
 

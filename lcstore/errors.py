@@ -46,3 +46,7 @@ class QueryError(LcstoreError, ValueError):
 
 class StoreLockedError(StoreError):
     """Another process is building in this store."""
+
+
+class StrictBuildError(LcstoreError):
+    """A ``--strict`` build met bad input; nothing was published."""

@@ -29,7 +29,7 @@ from distributed import Client, LocalCluster
 from lcstore import schema
 from lcstore.changes import dirty_pixels, fingerprints, partitions_to_rebuild
 from lcstore.embargo import Cutoffs, eligible
-from lcstore.errors import LcstoreError, ReleaseExistsError
+from lcstore.errors import LcstoreError, ReleaseExistsError, StrictBuildError
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, spatial_index
 from lcstore.index import merge_histograms, plan_partitions
 from lcstore.ingest import (
@@ -74,6 +74,7 @@ class BuildConfig:
     detection_partition_rows: int = 2_000_000
     object_partition_rows: int = 1_000_000
     files_per_batch: int = 500
+    strict: bool = False  # fail before publishing if any input was quarantined or conflicted
 
     @property
     def margin(self) -> float:
@@ -426,6 +427,15 @@ def _write_refmap(
     pq.write_table(refmap, build_dir / "refmap.parquet")
 
 
+def _strict_message(report: BuildReport, what: str) -> str:
+    details = [f"{q['path']}: {q['reason']}" for q in report.quarantined] + report.conflicts
+    return (
+        f"strict build of {report.release} stopped, nothing published: {what} inputs:\n  "
+        + "\n  ".join(details)
+        + "\nfix or remove these files, or build without --strict to quarantine them"
+    )
+
+
 def build_release(config: BuildConfig, client: Client, say: Callable[[str], None] = print) -> BuildReport:
     """Ingest new inputs into the store, build release ``config.release`` and publish it.
 
@@ -473,7 +483,11 @@ def _build_locked(
     try:
         with _stage(report, "ingest", say):
             _ingest(client, config, store, report, say)
+        if config.strict and report.quarantined:
+            raise StrictBuildError(_strict_message(report, "quarantined"))
         state = _build(client, config, store, build_dir, report, say)
+        if config.strict and report.conflicts:
+            raise StrictBuildError(_strict_message(report, "conflicts"))
         report.seconds["total"] = round(time.perf_counter() - start, 3)
         info = {
             "name": config.release,

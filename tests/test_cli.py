@@ -146,20 +146,23 @@ def test_top_level_help(capsys):
     assert "quick start" in out and all(c in out for c in ["build", "cone", "lightcurve", "sql"])
 
 
-def test_build_strict_reports_quarantine(capsys, client, handmade_survey, tmp_path):
+def test_build_strict_refuses_to_publish_with_bad_input(capsys, client, handmade_survey, tmp_path):
     epochs, refs = handmade_survey(tmp_path / "survey", seed=1)
     (epochs / "broken.parquet").write_bytes(b"not a parquet file")
     store = tmp_path / "store"
     argv = [
         "build", "--epochs", epochs, "--refs", refs, "--store", store, "--release", "DR1",
         "--public-cutoff", "2030-01-01", "--private-cutoff", "2030-01-01",
-        "--scheduler", client.scheduler.address, "--detection-partition-rows", 3000, "--strict",
+        "--scheduler", client.scheduler.address, "--detection-partition-rows", 3000,
     ]  # fmt: skip
-    code, out, err = run(capsys, *argv)
+    code, out, err = run(capsys, *argv, "--strict")
     assert code == EXIT_STRICT
+    assert "broken.parquet" in err and "nothing published" in err
+    assert Store(store).releases() == []
+    # Without --strict the same inputs publish, with the file quarantined and reported.
+    code, out, err = run(capsys, *argv)
+    assert code == 0
     assert "1 quarantined" in out and "broken.parquet" in out
-    assert "1 file(s) quarantined" in err and "published regardless" in err
-    # Strict does not (yet) stop the publication.
     assert Store(store).releases() == ["DR1"]
     assert lcstore.open(store).info["report"]["detection_partitions"] > 1
     # A second build of the same name is refused without a traceback.

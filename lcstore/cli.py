@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lcstore.errors import LcstoreError
-from lcstore.store import DEFAULT_WORK_ORDER
+from lcstore.store import DEFAULT_WORK_ORDER, Store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -198,7 +198,7 @@ def _emit(frame: pd.DataFrame, args: argparse.Namespace) -> None:
 
 def _build(args: argparse.Namespace) -> int:
     from lcstore.embargo import Cutoffs
-    from lcstore.errors import StrictBuildError
+    from lcstore.errors import ReleaseExistsError, StrictBuildError
     from lcstore.pipeline import BuildConfig, build_release, dask_client
 
     optional = {
@@ -216,6 +216,10 @@ def _build(args: argparse.Namespace) -> int:
         strict=args.strict,
         **{k: v for k, v in optional.items() if v is not None},
     )
+    if Store(args.store).release_dir(args.release).exists():
+        raise ReleaseExistsError(
+            f"release {args.release!r} is already published in {args.store}; choose a new name"
+        )
     with dask_client(args.workers, args.scheduler) as client:
         try:
             build_release(config, client)

@@ -123,7 +123,10 @@ def nearest_within(
     lo = target_xyz.min(axis=0)
     hi = target_xyz.max(axis=0)
     extent = max(hi[a_u] - lo[a_u], hi[a_v] - lo[a_v], chord)
-    cell = max(chord, extent / np.sqrt(MAX_COLUMNS)) * (1.0 + 1e-9)
+    # About as many columns as targets (a few per column), and never more than MAX_COLUMNS:
+    # the table stays small for small target sets, which association calls often.
+    columns = min(MAX_COLUMNS, 4 * len(target_xyz))
+    cell = max(chord, extent / np.sqrt(columns)) * (1.0 + 1e-9)
     nu = int((hi[a_u] - lo[a_u]) / cell) + 1
     nv = int((hi[a_v] - lo[a_v]) / cell) + 1
     start, order = _bucket(target_xyz, a_u, a_v, lo[a_u], lo[a_v], cell, nu, nv)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lcstore.healpix import SPATIAL_INDEX_ORDER, index_range, margin_pixels, pixel_of
+from lcstore.healpix import SPATIAL_INDEX_ORDER, index_range, pixel_of
 
 
 def histogram(index29: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,12 +91,3 @@ def partition_of(index29: np.ndarray, partitions: list[tuple[int, int, int]]) ->
     """Position in ``partitions`` of the partition holding each order-29 index."""
     starts = np.array([p << (2 * (SPATIAL_INDEX_ORDER - o)) for o, p, _ in partitions], dtype=np.int64)
     return np.searchsorted(starts, index29, side="right") - 1
-
-
-def margin_mask(index29: np.ndarray, order: int, pixel: int, margin_arcsec: float) -> np.ndarray:
-    """Rows of a neighbouring pixel that lie in the margin band of ``pixel``.
-
-    The band is a superset of the positions within ``margin_arcsec`` of the pixel.
-    """
-    fine_order, band = margin_pixels(order, pixel, margin_arcsec)
-    return np.isin(pixel_of(index29, fine_order), band)

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from lcstore import schema
 from lcstore.changes import cell_order
-from lcstore.errors import InputFileError
+from lcstore.errors import InputFileError, StoreError
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, spatial_index
 from lcstore.io.ztf_products import (
     read_matchfile_epochs,
@@ -139,9 +139,20 @@ def _cast_columns(data: pd.DataFrame | pa.Table, required: dict[str, pa.DataType
         raise InputFileError(path, f"missing required column(s) {missing}; see docs/inputs.md")
     if table.num_rows == 0:
         raise InputFileError(path, "has no rows")
-    reserved = [c for c in table.column_names if c.startswith("_") and c not in required]
+    reserved = [
+        c
+        for c in table.column_names
+        if c not in required and (c.startswith("_") or c in schema.RESERVED_COLUMNS)
+    ]
     if reserved:
-        raise InputFileError(path, f"column(s) {reserved}: names starting with '_' are reserved")
+        raise InputFileError(
+            path,
+            f"column(s) {reserved} are reserved for lcstore (names starting with '_', and "
+            f"{sorted(schema.RESERVED_COLUMNS)}); rename them",
+        )
+    nulls = [name for name in required if table.column(name).null_count]
+    if nulls:
+        raise InputFileError(path, f"null values in required column(s) {nulls}")
     columns = []
     for name, dtype in required.items():
         col = table.column(name)
@@ -367,11 +378,24 @@ def stage_batch(kind: str, files: list[InputFile], store: str, work_order: int) 
 
 
 def read_ledger(store: str | Path) -> pd.DataFrame:
-    """Every unit ever staged in the store (empty frame if none)."""
+    """Every unit ever staged in the store (empty frame if none).
+
+    Raises
+    ------
+    StoreError
+        If the ledger was written by an incompatible version of lcstore.
+    """
     files = sorted((Path(store) / "ledger").glob("*.parquet"))
     if not files:
         return LEDGER_SCHEMA.empty_table().to_pandas()
-    return pa.concat_tables([pq.read_table(f) for f in files]).to_pandas()
+    tables = [pq.read_table(f) for f in files]
+    for f, t in zip(files, tables, strict=True):
+        if not t.schema.equals(LEDGER_SCHEMA):
+            raise StoreError(
+                f"ledger file {f} has another layout than this lcstore writes; the store was made "
+                "by an incompatible version: rebuild it into a new store"
+            )
+    return pa.concat_tables(tables).to_pandas()
 
 
 def staged_files(store: str | Path, kind: str, pixel: int, batches: set[str]) -> list[str]:
@@ -380,6 +404,24 @@ def staged_files(store: str | Path, kind: str, pixel: int, batches: set[str]) ->
     if not folder.is_dir():
         return []
     return sorted(str(p) for p in folder.glob("*.parquet") if p.stem in batches)
+
+
+def remove_uncommitted(store: str | Path) -> list[Path]:
+    """Delete staging files of batches that never wrote their ledger file (a crash mid-batch).
+
+    Call only while holding the store's lock. Returns the files removed.
+    """
+    committed = {p.stem for p in (Path(store) / "ledger").glob("*.parquet")}
+    stale = [
+        f
+        for kind in (EPOCHS, REFS)
+        for f in (Path(store) / "staging" / kind).glob("*/*")
+        if f.stem not in committed or f.name.startswith(".")
+    ]
+    stale += list((Path(store) / "ledger").glob(".*.tmp"))
+    for f in stale:
+        f.unlink()
+    return stale
 
 
 def staged_pixels(store: str | Path, kind: str) -> list[int]:

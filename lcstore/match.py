@@ -34,8 +34,8 @@ from lcstore import schema
 from lcstore.associate import associate_references
 from lcstore.crossmatch import nearest_within
 from lcstore.embargo import Cutoffs, eligible
-from lcstore.healpix import SPATIAL_INDEX_COLUMN, neighbour_pixels, pixel_of, unit_vectors
-from lcstore.index import histogram, margin_mask
+from lcstore.healpix import SPATIAL_INDEX_COLUMN, margin_pixels, neighbour_pixels, pixel_of, unit_vectors
+from lcstore.index import histogram
 from lcstore.ingest import EPOCHS, REFS, UNIT_COLUMN, staged_files
 from lcstore.transients import leader_cluster
 from lcstore.write import atomic_write_table
@@ -178,6 +178,7 @@ def match_tables(refs: pd.DataFrame, dets: pa.Table, pixel: int, params: MatchPa
 
     ref_inside = pixel_of(refs[SPATIAL_INDEX_COLUMN].to_numpy(), order) == pixel
     refmap = refs.loc[ref_inside, ["field", "ccdid", "qid", "filtercode", "refsid", "ra", "dec"]].copy()
+    refmap["filtercode"] = refmap["filtercode"].astype(pd.ArrowDtype(pa.string()))
     refmap[schema.OBJECTID] = objects[schema.OBJECTID].to_numpy()[assoc.source_object[ref_inside]]
     refmap.insert(
         0,
@@ -195,12 +196,11 @@ def _read_with_margin(
 ) -> pa.Table | None:
     """Staged rows of ``kind`` in the pixel and in the margin band of its neighbours."""
     tables = [pq.read_table(f) for f in staged_files(store, kind, pixel, batches)]
+    fine_order, band = margin_pixels(params.work_order, pixel, params.margin_arcsec)
     for nbr in neighbour_pixels(params.work_order, pixel):
         for f in staged_files(store, kind, int(nbr), batches):
             t = pq.read_table(f)
-            mask = margin_mask(
-                t.column(SPATIAL_INDEX_COLUMN).to_numpy(), params.work_order, pixel, params.margin_arcsec
-            )
+            mask = np.isin(pixel_of(t.column(SPATIAL_INDEX_COLUMN).to_numpy(), fine_order), band)
             tables.append(t.filter(pa.array(mask)))
     if not tables:
         return None
@@ -247,13 +247,13 @@ def match_pixel(
     digests = {}
     owners = pixel_of(out.column(SPATIAL_INDEX_COLUMN).to_numpy(), params.work_order)
     for owner in np.unique(owners):
-        owned = out.filter(pa.array(owners == owner))
-        atomic_write_table(owned, work / "detections" / str(int(owner)) / f"{pixel}.parquet")
-        digests[f"detections/{int(owner)}"] = table_digest(owned)
+        path = work / "detections" / str(int(owner)) / f"{pixel}.parquet"
+        atomic_write_table(out.filter(pa.array(owners == owner)), path)
+        digests[f"detections/{int(owner)}"] = file_digest(path)
     for name, frame in (("objects", result.objects), ("refmap", result.refmap)):
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        atomic_write_table(table, work / name / f"{pixel}.parquet")
-        digests[name] = table_digest(table)
+        path = work / name / f"{pixel}.parquet"
+        atomic_write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+        digests[name] = file_digest(path)
     det_idx = out.column(SPATIAL_INDEX_COLUMN).to_numpy()
     obj_idx = result.objects[SPATIAL_INDEX_COLUMN].to_numpy()
     return PixelResult(
@@ -268,12 +268,14 @@ def match_pixel(
     )
 
 
-def table_digest(table: pa.Table) -> str:
-    """Digest of a table's schema and content (equal tables, equal digests)."""
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hashlib.sha256(sink.getvalue()).hexdigest()[:32]
+def file_digest(path: Path) -> str:
+    """Digest of a file's bytes. Parquet writing is deterministic, so equal tables written
+    with the same library give equal digests."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()[:32]
 
 
 def _empty_detections() -> pa.Table:

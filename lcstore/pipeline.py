@@ -41,6 +41,7 @@ from lcstore.ingest import (
     discover,
     hash_file,
     read_ledger,
+    remove_uncommitted,
     stage_batch,
 )
 from lcstore.manifest import ReleaseState, read_state, write_state
@@ -48,6 +49,7 @@ from lcstore.match import HISTOGRAM_ORDER, MatchParams, PixelResult, match_pixel
 from lcstore.publish import new_build_dir, publish, remove_stale_builds
 from lcstore.store import DEFAULT_WORK_ORDER, FORMAT_VERSION, Store
 from lcstore.supersede import select_units
+from lcstore.verify import write_checksums
 from lcstore.write import (
     PartitionSources,
     finalize_catalog,
@@ -73,7 +75,7 @@ class BuildConfig:
     work_order: int = DEFAULT_WORK_ORDER  # only used when the store is created
     detection_partition_rows: int = 2_000_000
     object_partition_rows: int = 1_000_000
-    files_per_batch: int = 500
+    batch_bytes: int = 256 << 20  # input bytes per ingest task: fewer, larger staging files
     strict: bool = False  # fail before publishing if any input was quarantined or conflicted
 
     @property
@@ -135,7 +137,13 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
         return
     n = workers or os.cpu_count() or 1
     with (
-        LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster,
+        LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",
+            silence_logs=logging.WARNING,
+        ) as cluster,
         Client(cluster) as client,
     ):
         yield client
@@ -155,6 +163,25 @@ def _hash_files(client: Client, paths: list[str]) -> list[InputFile]:
     return [f for chunk in results for f in chunk]
 
 
+def _batches(files: list[InputFile], max_bytes: int, workers: int) -> list[list[InputFile]]:
+    """Consecutive runs of files of at most ``max_bytes``, and at least two per worker.
+
+    Each batch writes one staging file per work pixel it touches, so larger batches mean
+    fewer, larger staging files for the match step to read.
+    """
+    total = sum(f.size for f in files)
+    limit = max(1, min(max_bytes, total // max(1, 2 * workers)))
+    batches: list[list[InputFile]] = []
+    size = 0
+    for f in files:
+        if not batches or size + f.size > limit:
+            batches.append([])
+            size = 0
+        batches[-1].append(f)
+        size += f.size
+    return batches
+
+
 def _ingest(
     client: Client, config: BuildConfig, store: Store, report: BuildReport, say: Callable[[str], None]
 ) -> None:
@@ -171,8 +198,7 @@ def _ingest(
                 say(f"  {f.path}: same content as {fresh[f.sha256].path}, skipped")
             else:
                 fresh[f.sha256] = f
-        todo = list(fresh.values())
-        batches = [todo[i : i + config.files_per_batch] for i in range(0, len(todo), config.files_per_batch)]
+        batches = _batches(list(fresh.values()), config.batch_bytes, len(client.scheduler_info()["workers"]))
         futures = client.map(
             stage_batch,
             [kind] * len(batches),
@@ -465,7 +491,7 @@ def build_release(config: BuildConfig, client: Client, say: Callable[[str], None
         store.create(config.work_order)
         if store.release_dir(config.release).exists():
             raise ReleaseExistsError(f"release {config.release!r} is already published in {store.path}")
-        for path in remove_stale_builds(store):
+        for path in remove_stale_builds(store) + remove_uncommitted(store.path):
             say(f"removed {path}, left by an interrupted build")
         return _build_locked(config, client, store, say)
 
@@ -500,6 +526,7 @@ def _build_locked(
         }
         write_state(build_dir, state)
         (build_dir / "release.json").write_text(json.dumps(info, indent=2, default=str))
+        write_checksums(build_dir, store.release_dir(report.base_release) if report.base_release else None)
         with _stage(report, "publish", say):
             publish(store, build_dir, config.release)
     except BaseException:

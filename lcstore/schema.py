@@ -43,7 +43,8 @@ EPOCH_COLUMNS: dict[str, pa.DataType] = {
 #: The columns that identify one detection across all files and versions.
 DETECTION_KEY: tuple[str, ...] = ("expid", "ccdid", "qid", "sourceid")
 
-#: The columns that identify one exposure-quadrant; a file holds exactly one.
+#: The columns that identify one exposure-quadrant (a Parquet input holds exactly one;
+#: a matchfile holds many).
 EXPOSURE_QUADRANT_KEY: tuple[str, ...] = ("expid", "ccdid", "qid")
 
 #: Required columns of a reference catalog (one per field/ccdid/qid/filtercode).
@@ -66,6 +67,9 @@ OBJECTID = "objectid"
 OBJECT_RA = "objra"
 OBJECT_DEC = "objdec"
 HAS_REF = "has_ref"
+
+#: Columns lcstore adds to releases; inputs may not bring their own.
+RESERVED_COLUMNS: frozenset[str] = frozenset({OBJECTID, OBJECT_RA, OBJECT_DEC, HAS_REF, "nrefs", "ztf_oid"})
 
 #: Smallest and largest plausible MJD (1858-11-17 .. 2100-01-01): a guard against
 #: sentinels such as 0 or -999 in time columns.

@@ -26,7 +26,7 @@ def _write(frame: pd.DataFrame, path) -> str:
 
 BROKEN = {
     "missing_dec": (lambda f: f.drop(columns=["dec"]), "missing required column"),
-    "nan_ra": (lambda f: f.assign(ra=np.where(np.arange(len(f)) == 0, np.nan, f["ra"])), "NaN"),
+    "nan_ra": (lambda f: f.assign(ra=np.where(np.arange(len(f)) == 0, np.nan, f["ra"])), "NaN|null"),
     "inf_dec": (lambda f: f.assign(dec=np.where(np.arange(len(f)) == 0, np.inf, f["dec"])), "infinite"),
     "dec_91": (lambda f: f.assign(dec=91.0), "dec outside"),
     "ra_360": (lambda f: f.assign(ra=360.0), "ra outside"),
@@ -38,6 +38,13 @@ BROKEN = {
     "string_ra": (lambda f: f.assign(ra="a"), "column 'ra'"),
     "two_exposures": (lambda f: f.assign(expid=np.arange(len(f))), "more than one exposure-quadrant"),
     "reserved_name": (lambda f: f.assign(_unit=1), "reserved"),
+    "reserved_output_name": (lambda f: f.assign(objectid=1), "reserved"),
+    "null_expid": (lambda f: f.assign(expid=pd.array([None] + [1] * (len(f) - 1), dtype="Int64")), "null"),
+    "null_sourceid": (
+        lambda f: f.assign(sourceid=pd.array([None, *range(1, len(f))], dtype="Int64")),
+        "null",
+    ),
+    "mixed_mjd": (lambda f: f.assign(mjd=f["mjd"] + np.arange(len(f)) * 1e-3), "disagree on 'mjd'"),
 }
 
 

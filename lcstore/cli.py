@@ -5,7 +5,8 @@ It sits on the public API only (:func:`lcstore.open`, :func:`lcstore.pipeline.bu
 needs them, so ``lcstore --help`` answers at once.
 
 Exit codes: 0 success, 2 bad input (a one-line ``lcstore: error: ...`` on stderr), 3 a
-``build --strict`` that met quarantined files or conflicts (nothing published).
+``build --strict`` that met quarantined files or conflicts (nothing published), 4 a
+``verify`` that found a release damaged or inconsistent.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ EXIT_USAGE = 2
 
 #: Exit status of ``build --strict`` when inputs were quarantined or conflicted.
 EXIT_STRICT = 3
+
+#: Exit status of ``verify`` when a release has any finding.
+EXIT_VERIFY = 4
 
 _EXAMPLES = """\
 quick start:
@@ -123,6 +127,23 @@ example:
   lcstore releases /data/store
 """
 
+_SERVE_EXAMPLES = """\
+Serves the store's releases over HTTP at the path of IRSA's ZTF lightcurve API,
+/cgi-bin/ZTF/nph_light_curves, so that a client of IRSA's API works by changing the host.
+
+parameters (as IRSA's; angles in degrees, times MJD):
+  ID=OBJECTID[,OBJECTID...]        lcstore objectids or ZTF oids (may repeat)
+  POS=CIRCLE RA DEC RADIUS         or CIRCLE=RA DEC RADIUS; RADIUS <= 0.1667
+  BANDNAME=g,r,i  MAG=MIN MAX  NUM_OBS=N  TIME=MJD_MIN MJD_MAX  BAD_CATFLAGS_MASK=N
+  COLLECTION=NAME                  a release (default: the latest, looked up per request)
+  FORMAT=VOTABLE|IPAC_TABLE|CSV|TSV|HTML   (default: VOTABLE)
+
+examples:
+  lcstore serve /data/store --host 0.0.0.0 --port 8000
+  curl 'http://127.0.0.1:8000/cgi-bin/ZTF/nph_light_curves?POS=CIRCLE+150.0+20.0+0.0028&FORMAT=CSV'
+  curl 'http://127.0.0.1:8000/cgi-bin/ZTF/nph_light_curves?ID=245210100000177&COLLECTION=DR1'
+"""
+
 _DIFF_EXAMPLES = """\
 Summarises what changed from release OLD to release NEW: detections from new
 exposures, detections whose embargo ended, reprocessed exposures and the older versions
@@ -131,6 +152,24 @@ they superseded, and objects added or removed.
 examples:
   lcstore diff /data/store DR5 DR6
   lcstore diff /data/store DR5 DR6 --json
+"""
+
+_VERIFY_EXAMPLES = """\
+Checks published releases against what their build recorded and against the store's
+ledger: HATS validity of objects/ and detections/, every file's size and SHA-256 against
+the release's checksums.json (missing and unlisted files too), row counts against the
+ledger units the release shows, no embargoed detection under the release's cutoffs, no
+duplicate detection key, every detection's object present with nobs equal to its
+detections. Prints one report per release, each finding with its check and file.
+
+exit status:
+  0  every release checked is ok
+  4  at least one finding (the report says which release, check and file)
+  2  bad input: no such store or release
+
+examples:
+  lcstore verify /data/store                  # every published release
+  lcstore verify /data/store --release DR6
 """
 
 log = logging.getLogger("lcstore.cli")
@@ -216,6 +255,8 @@ def _build(args: argparse.Namespace) -> int:
         strict=args.strict,
         **{k: v for k, v in optional.items() if v is not None},
     )
+    # Dask logs every worker start and stop at INFO (its import sets that): only with -v.
+    logging.getLogger("distributed").setLevel(args.log_level)
     if Store(args.store).release_dir(args.release).exists():
         raise ReleaseExistsError(
             f"release {args.release!r} is already published in {args.store}; choose a new name"
@@ -317,12 +358,36 @@ def _releases(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    if args.port > 65535:
+        args.parser.error(f"--port must be at most 65535, got {args.port}")
+    from lcstore.service import serve
+
+    serve(args.store, host=args.host, port=args.port)
+    return 0
+
+
 def _diff(args: argparse.Namespace) -> int:
     from lcstore.diff import diff_releases
 
     changes = diff_releases(args.store, args.old, args.new)
     print(json.dumps(changes.as_dict(), indent=2) if args.json else changes.summary())
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from lcstore.verify import verify_store
+
+    store = Store(args.store)
+    store.config()
+    names = [args.release] if args.release else store.releases()
+    if not names:
+        print(f"store {store.path} has no published release yet; nothing to verify", file=sys.stderr)
+        return 0
+    reports = verify_store(store, names)
+    for report in reports:
+        print(report.summary())
+    return 0 if all(r.ok for r in reports) else EXIT_VERIFY
 
 
 # --- parser -------------------------------------------------------------------------------
@@ -450,12 +515,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", metavar="STORE", help="store directory")
     p.set_defaults(run=_releases)
 
+    p = command("serve", "serve the releases over HTTP, as IRSA's ZTF lightcurve API", _SERVE_EXAMPLES)
+    p.add_argument("store", metavar="STORE", help="store directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=_positive_int, default=8000, help="TCP port (default: 8000)")
+    p.set_defaults(run=_serve)
+
     p = command("diff", "what changed between two releases", _DIFF_EXAMPLES)
     p.add_argument("store", metavar="STORE", help="store directory")
     p.add_argument("old", metavar="OLD", help="the earlier release")
     p.add_argument("new", metavar="NEW", help="the later release")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p.set_defaults(run=_diff)
+
+    p = command("verify", "check published releases against their checksums and the ledger", _VERIFY_EXAMPLES)
+    p.add_argument("store", metavar="STORE", help="store directory")
+    p.add_argument("--release", metavar="NAME", help="release to check (default: every published release)")
+    p.set_defaults(run=_verify)
     return parser
 
 
@@ -469,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
         logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+        args.log_level = level
         return args.run(args)
     except SystemExit as exit_:
         code = exit_.code

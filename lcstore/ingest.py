@@ -42,6 +42,7 @@ from lcstore.io.ztf_products import (
     read_refpsfcat,
     sniff_kind,
 )
+from lcstore.timing import StepTimer
 
 #: Row column naming the ledger unit a staged row came from.
 UNIT_COLUMN = "_unit"
@@ -96,6 +97,7 @@ class BatchResult:
     rows: int
     files: int
     quarantined: list[Quarantined]
+    seconds: dict[str, float]
 
 
 def discover(directory: str | Path) -> list[str]:
@@ -339,42 +341,49 @@ def stage_batch(kind: str, files: list[InputFile], store: str, work_order: int) 
     staged. Safe to rerun after a crash: the batch ID is derived from its files.
     """
     batch = batch_id(files)
+    timer = StepTimer()
     tables, ledger, quarantined = [], [], []
-    for f in files:
-        try:
-            units = read_units(kind, f.path)
-        except InputFileError as err:
-            quarantined.append(Quarantined(f.path, err.reason))
-            continue
-        for key, table in units:
-            unit = unit_id(f.sha256, key)
-            ledger.append(_ledger_row(kind, key, table, f, batch, unit))
-            tables.append(table.append_column(UNIT_COLUMN, pa.array(np.full(table.num_rows, unit))))
+    with timer.step("read+validate"):
+        for f in files:
+            try:
+                units = read_units(kind, f.path)
+            except InputFileError as err:
+                quarantined.append(Quarantined(f.path, err.reason))
+                continue
+            for key, table in units:
+                unit = unit_id(f.sha256, key)
+                ledger.append(_ledger_row(kind, key, table, f, batch, unit))
+                tables.append(table.append_column(UNIT_COLUMN, pa.array(np.full(table.num_rows, unit))))
     rows = 0
     if tables:
-        table = pa.concat_tables(tables, promote_options="permissive")
-        # One spatial-index call per batch: its per-call overhead would dominate per file.
-        index = spatial_index(table.column("ra").to_numpy(), table.column("dec").to_numpy())
-        table = table.append_column(SPATIAL_INDEX_COLUMN, pa.array(index))
-        cells = pd.DataFrame(
-            {"unit": table.column(UNIT_COLUMN).to_numpy(), "cell": pixel_of(index, cell_order(work_order))}
-        )
-        unit_cells = cells.drop_duplicates().groupby("unit")["cell"].agg(sorted)
-        for row in ledger:
-            row["cells"] = [int(c) for c in unit_cells[row["unit"]]]
-        order = np.argsort(index, kind="stable")
-        table = table.take(order)
-        pixels = pixel_of(index[order], work_order)
-        bounds = np.flatnonzero(np.diff(pixels)) + 1
-        for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(pixels)], strict=True):
-            path = Path(store) / "staging" / kind / str(int(pixels[start])) / f"{batch}.parquet"
-            _atomic_write(table.slice(start, end - start), path)
+        with timer.step("index"):
+            table = pa.concat_tables(tables, promote_options="permissive")
+            # One spatial-index call per batch: its per-call overhead would dominate per file.
+            index = spatial_index(table.column("ra").to_numpy(), table.column("dec").to_numpy())
+            table = table.append_column(SPATIAL_INDEX_COLUMN, pa.array(index))
+            cells = pd.DataFrame(
+                {
+                    "unit": table.column(UNIT_COLUMN).to_numpy(),
+                    "cell": pixel_of(index, cell_order(work_order)),
+                }
+            )
+            unit_cells = cells.drop_duplicates().groupby("unit")["cell"].agg(sorted)
+            for row in ledger:
+                row["cells"] = [int(c) for c in unit_cells[row["unit"]]]
+            order = np.argsort(index, kind="stable")
+            table = table.take(order)
+            pixels = pixel_of(index[order], work_order)
+        with timer.step("shuffle-write"):
+            bounds = np.flatnonzero(np.diff(pixels)) + 1
+            for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(pixels)], strict=True):
+                path = Path(store) / "staging" / kind / str(int(pixels[start])) / f"{batch}.parquet"
+                _atomic_write(table.slice(start, end - start), path)
         rows = table.num_rows
     # The ledger file is written last: it is what makes the batch's staging files count.
     _atomic_write(
         pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA), Path(store) / "ledger" / f"{batch}.parquet"
     )
-    return BatchResult(batch, len(ledger), rows, len(files) - len(quarantined), quarantined)
+    return BatchResult(batch, len(ledger), rows, len(files) - len(quarantined), quarantined, timer.seconds)
 
 
 def read_ledger(store: str | Path) -> pd.DataFrame:

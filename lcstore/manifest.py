@@ -95,6 +95,7 @@ def read_state(folder: Path) -> ReleaseState | None:
                 np.array(row["obj_hist_counts"], np.int64),
             ),
             output_digests=json.loads(row["output_digests"]),
+            seconds={},
         )
         for row in table
     }

@@ -37,6 +37,7 @@ from lcstore.embargo import Cutoffs, eligible
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, margin_pixels, neighbour_pixels, pixel_of, unit_vectors
 from lcstore.index import histogram
 from lcstore.ingest import EPOCHS, REFS, UNIT_COLUMN, staged_files
+from lcstore.timing import StepTimer
 from lcstore.transients import leader_cluster
 from lcstore.write import atomic_write_table
 
@@ -71,6 +72,8 @@ class PixelResult:
     #: the objects and refmap rows it emitted: a later build compares them to see which
     #: partitions really changed.
     output_digests: dict[str, str]
+    #: Seconds spent per step in this task.
+    seconds: dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,9 @@ def _time_order(dets: pd.DataFrame) -> np.ndarray:
     return np.lexsort([dets[c].to_numpy() for c in reversed(["mjd", *schema.DETECTION_KEY])])
 
 
-def match_tables(refs: pd.DataFrame, dets: pa.Table, pixel: int, params: MatchParams) -> Matched:
+def match_tables(
+    refs: pd.DataFrame, dets: pa.Table, pixel: int, params: MatchParams, timer: StepTimer | None = None
+) -> Matched:
     """Associate, match and cluster the rows of one work pixel and its margin.
 
     Parameters
@@ -115,6 +120,8 @@ def match_tables(refs: pd.DataFrame, dets: pa.Table, pixel: int, params: MatchPa
     pixel : int
         The work pixel, at ``params.work_order``.
     params : MatchParams
+    timer : StepTimer, optional
+        Receives the seconds spent associating, matching and clustering.
 
     Returns
     -------
@@ -123,10 +130,12 @@ def match_tables(refs: pd.DataFrame, dets: pa.Table, pixel: int, params: MatchPa
         reference sources inside it with their object.
     """
     order = params.work_order
+    timer = timer or StepTimer()
     # 1. Reference objects.
-    assoc = associate_references(
-        refs["ra"].to_numpy(), refs["dec"].to_numpy(), _catalog_rank(refs), params.radius_arcsec
-    )
+    with timer.step("associate"):
+        assoc = associate_references(
+            refs["ra"].to_numpy(), refs["dec"].to_numpy(), _catalog_rank(refs), params.radius_arcsec
+        )
     seed_refs = refs.iloc[assoc.seed]
     ref_obj = pd.DataFrame(
         {
@@ -141,12 +150,15 @@ def match_tables(refs: pd.DataFrame, dets: pa.Table, pixel: int, params: MatchPa
     dra = dets.column("ra").to_numpy()
     ddec = dets.column("dec").to_numpy()
     dxyz = unit_vectors(dra, ddec)
-    obj_of_det, _ = nearest_within(dxyz, unit_vectors(ref_obj["ra"], ref_obj["dec"]), params.radius_arcsec)
+    with timer.step("match"):
+        ref_xyz = unit_vectors(ref_obj["ra"], ref_obj["dec"])
+        obj_of_det, _ = nearest_within(dxyz, ref_xyz, params.radius_arcsec)
     # 3. The rest cluster, in time order, into detection-only objects.
-    orphans = np.flatnonzero(obj_of_det < 0)
-    keys = dets.select(["mjd", *schema.DETECTION_KEY]).to_pandas().iloc[orphans]
-    orphans = orphans[_time_order(keys)]
-    seed_of = orphans[leader_cluster(dxyz[orphans], params.radius_arcsec)]
+    with timer.step("cluster"):
+        orphans = np.flatnonzero(obj_of_det < 0)
+        keys = dets.select(["mjd", *schema.DETECTION_KEY]).to_pandas().iloc[orphans]
+        orphans = orphans[_time_order(keys)]
+        seed_of = orphans[leader_cluster(dxyz[orphans], params.radius_arcsec)]
     seeds, cluster = np.unique(seed_of, return_inverse=True)
     det_index29 = dets.column(SPATIAL_INDEX_COLUMN).to_numpy()
     new_obj = pd.DataFrame(
@@ -225,8 +237,10 @@ def match_pixel(
         objects/<pixel>.parquet
         refmap/<pixel>.parquet
     """
-    refs_table = _read_with_margin(store, REFS, pixel, batches, excluded_units, params)
-    dets = _read_with_margin(store, EPOCHS, pixel, batches, excluded_units, params)
+    timer = StepTimer()
+    with timer.step("read"):
+        refs_table = _read_with_margin(store, REFS, pixel, batches, excluded_units, params)
+        dets = _read_with_margin(store, EPOCHS, pixel, batches, excluded_units, params)
     refs = (
         refs_table.to_pandas()
         if refs_table is not None
@@ -240,20 +254,21 @@ def match_pixel(
     else:
         mask = eligible(dets.column("programid").to_numpy(), dets.column("mjd").to_numpy(), params.cutoffs)
         dets = dets.filter(pa.array(mask))
-    result = match_tables(refs, dets, pixel, params)
+    result = match_tables(refs, dets, pixel, params, timer)
 
     work = Path(work_dir)
     out = result.detections
     digests = {}
-    owners = pixel_of(out.column(SPATIAL_INDEX_COLUMN).to_numpy(), params.work_order)
-    for owner in np.unique(owners):
-        path = work / "detections" / str(int(owner)) / f"{pixel}.parquet"
-        atomic_write_table(out.filter(pa.array(owners == owner)), path)
-        digests[f"detections/{int(owner)}"] = file_digest(path)
-    for name, frame in (("objects", result.objects), ("refmap", result.refmap)):
-        path = work / name / f"{pixel}.parquet"
-        atomic_write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
-        digests[name] = file_digest(path)
+    with timer.step("write"):
+        owners = pixel_of(out.column(SPATIAL_INDEX_COLUMN).to_numpy(), params.work_order)
+        for owner in np.unique(owners):
+            path = work / "detections" / str(int(owner)) / f"{pixel}.parquet"
+            atomic_write_table(out.filter(pa.array(owners == owner)), path)
+            digests[f"detections/{int(owner)}"] = file_digest(path)
+        for name, frame in (("objects", result.objects), ("refmap", result.refmap)):
+            path = work / name / f"{pixel}.parquet"
+            atomic_write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
+            digests[name] = file_digest(path)
     det_idx = out.column(SPATIAL_INDEX_COLUMN).to_numpy()
     obj_idx = result.objects[SPATIAL_INDEX_COLUMN].to_numpy()
     return PixelResult(
@@ -265,6 +280,7 @@ def match_pixel(
         detection_hist=histogram(det_idx, HISTOGRAM_ORDER),
         object_hist=histogram(obj_idx, HISTOGRAM_ORDER),
         output_digests=digests,
+        seconds=timer.seconds,
     )
 
 

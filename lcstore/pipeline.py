@@ -49,6 +49,7 @@ from lcstore.match import HISTOGRAM_ORDER, MatchParams, PixelResult, match_pixel
 from lcstore.publish import new_build_dir, publish, remove_stale_builds
 from lcstore.store import DEFAULT_WORK_ORDER, FORMAT_VERSION, Store
 from lcstore.supersede import select_units
+from lcstore.timing import add_seconds
 from lcstore.verify import write_checksums
 from lcstore.write import (
     PartitionSources,
@@ -107,6 +108,8 @@ class BuildReport:
     partitions_rebuilt: int = 0
     partitions_shared: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    #: Task seconds summed over all workers, by step (read, index, match, write, ...).
+    task_seconds: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = [
@@ -122,6 +125,7 @@ class BuildReport:
             f"{self.base_release or 'no earlier release'}",
             f"  work pixels: {self.work_pixels_matched} of {self.work_pixels} matched",
             "  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()),
+            "  task time by step: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.task_seconds.items()),
         ]
         lines += [f"  quarantined {q['path']}: {q['reason']}" for q in self.quarantined]
         lines += [f"  conflict: {c}" for c in self.conflicts]
@@ -211,6 +215,7 @@ def _ingest(
         for r in results:
             report.files_ingested += r.files
             report.quarantined += [asdict(q) for q in r.quarantined]
+            add_seconds(report.task_seconds, {f"ingest {k}": v for k, v in r.seconds.items()})
         say(
             f"  {kind}: {len(files):,} files, {sum(r.files for r in results):,} newly ingested "
             f"({sum(r.rows for r in results):,} rows)"
@@ -310,6 +315,8 @@ def _build(
         results |= _run_match(client, sorted(set(prints) - dirty), config, store, ledger, selection, work_dir)
         dirty, previous = set(prints) | dirty, None
     pixel_stats = {p: (results[p] if p in results else previous.pixels[p]) for p in prints}
+    for r in results.values():
+        add_seconds(report.task_seconds, {f"match {k}": v for k, v in r.seconds.items()})
     report.work_pixels = len(prints)
     report.work_pixels_matched = len(results)
 
@@ -348,6 +355,7 @@ def _build(
         )
         det_rows = _write_partitions(
             client,
+            report,
             det_parts,
             set(rebuild_det),
             prev_dir,
@@ -357,6 +365,7 @@ def _build(
         )
         obj_rows = _write_partitions(
             client,
+            report,
             obj_parts,
             set(rebuild_obj),
             prev_dir,
@@ -422,8 +431,15 @@ def _changed_owners(
     return changed_det, changed_obj
 
 
+def _timed(part: tuple[int, int], write: Callable[[tuple[int, int]], int]) -> tuple[int, float]:
+    start = time.perf_counter()
+    rows = write(part)
+    return rows, time.perf_counter() - start
+
+
 def _write_partitions(
     client: Client,
+    report: BuildReport,
     parts: list[tuple[int, int]],
     rebuild: set[tuple[int, int]],
     previous_release: Path | None,
@@ -433,7 +449,9 @@ def _write_partitions(
 ) -> dict[tuple[int, int], int]:
     """Write the partitions to rebuild and hard-link the others from the previous release."""
     fresh = [p for p in parts if p in rebuild]
-    rows = dict(zip(fresh, client.gather(client.map(write, fresh, pure=False)), strict=True))
+    timed = client.gather(client.map(_timed, fresh, write=write, pure=False))
+    rows = {part: n for part, (n, _) in zip(fresh, timed, strict=True)}
+    add_seconds(report.task_seconds, {f"write {catalog}": sum(secs for _, secs in timed)})
     for part in parts:
         if part not in rebuild:
             rows[part] = share_partition(str(previous_release / catalog), str(catalog_dir), *part)

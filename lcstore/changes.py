@@ -107,15 +107,34 @@ def owners(order: int, pixel: int, work_order: int) -> list[int]:
 def partitions_to_rebuild(
     partitions: list[tuple[int, int]],
     previous: set[tuple[int, int]],
-    affected_owners: set[int],
-    work_order: int,
+    changed_cells: set[int],
+    cell_order_: int,
 ) -> list[tuple[int, int]]:
-    """Partitions that are new, or overlap a work pixel whose owned rows may have changed."""
-    return [
-        (o, p)
-        for o, p in partitions
-        if (o, p) not in previous or any(w in affected_owners for w in owners(o, p, work_order))
-    ]
+    """Partitions that are new, or overlap a cell whose rows changed.
+
+    Parameters
+    ----------
+    partitions : list of (order, pixel)
+        The release's partitions.
+    previous : set of (order, pixel)
+        The previous release's partitions.
+    changed_cells : set of int
+        Cells (pixels of order ``cell_order_``) whose rows differ from the previous release.
+    """
+    cells = np.array(sorted(changed_cells), dtype=np.int64)
+    starts = cells << (2 * (29 - cell_order_))
+    out = []
+    for o, p in partitions:
+        lo, hi = index_range(o, p)
+        # Cells overlap [lo, hi) if some cell starts before hi and ends after lo.
+        i = np.searchsorted(starts, lo, side="right") - 1
+        j = np.searchsorted(starts, hi, side="left")
+        starts_inside = j > i + 1
+        covers_lo = i >= 0 and (int(cells[i]) + 1) << (2 * (29 - cell_order_)) > lo
+        touched = starts_inside or covers_lo
+        if (o, p) not in previous or touched:
+            out.append((o, p))
+    return out
 
 
 def overlapping(parts: list[tuple[int, int]], order: int, pixel: int) -> list[tuple[int, int]]:

@@ -56,6 +56,8 @@ LEDGER_SCHEMA = pa.schema(
         ("kind", pa.string()),  # "epochs" or "refs"
         ("sha256", pa.string()),  # of the whole file
         ("path", pa.string()),
+        ("size", pa.int64()),  # bytes, and
+        ("mtime_ns", pa.int64()),  # modification time, when ingested
         ("batch", pa.string()),
         ("nrows", pa.int64()),
         ("expid", pa.int64()),
@@ -78,6 +80,7 @@ class InputFile:
     path: str
     sha256: str
     size: int
+    mtime_ns: int
 
 
 @dataclass(frozen=True)
@@ -109,14 +112,20 @@ def discover(directory: str | Path) -> list[str]:
 
 
 def hash_file(path: str) -> InputFile:
-    """SHA-256 and size of one file."""
+    """SHA-256, size and modification time of one file."""
     digest = hashlib.sha256()
-    size = 0
     with open(path, "rb") as fh:
+        stat = os.fstat(fh.fileno())
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
-            size += len(chunk)
-    return InputFile(path=path, sha256=digest.hexdigest(), size=size)
+    return InputFile(path=path, sha256=digest.hexdigest(), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+
+
+def file_signature(path: str) -> tuple[str, int, int]:
+    """(path, size, mtime) of a file: a file with the signature of a ledger entry is
+    taken as already ingested without reading it, as rsync does."""
+    stat = os.stat(path)
+    return path, stat.st_size, stat.st_mtime_ns
 
 
 def unit_id(sha256: str, key: tuple) -> int:
@@ -325,6 +334,7 @@ def batch_id(files: list[InputFile]) -> str:
 def _ledger_row(kind: str, key: tuple, table: pa.Table, f: InputFile, batch: str, unit: int) -> dict:
     row = {name: None for name in LEDGER_SCHEMA.names}
     row.update(unit=unit, kind=kind, sha256=f.sha256, path=f.path, batch=batch, nrows=table.num_rows)
+    row.update(size=f.size, mtime_ns=f.mtime_ns)
     if kind == EPOCHS:
         row.update(zip([*schema.EXPOSURE_QUADRANT_KEY, "procversion"], key, strict=True))
         for column in ("field", "filtercode", "programid", "mjd"):

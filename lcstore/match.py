@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from lcstore import schema
 from lcstore.associate import associate_references
+from lcstore.changes import cell_order
 from lcstore.crossmatch import nearest_within
 from lcstore.embargo import Cutoffs, eligible
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, margin_pixels, neighbour_pixels, pixel_of, unit_vectors
@@ -258,17 +259,23 @@ def match_pixel(
 
     work = Path(work_dir)
     out = result.detections
-    digests = {}
     with timer.step("write"):
         owners = pixel_of(out.column(SPATIAL_INDEX_COLUMN).to_numpy(), params.work_order)
         for owner in np.unique(owners):
             path = work / "detections" / str(int(owner)) / f"{pixel}.parquet"
             atomic_write_table(out.filter(pa.array(owners == owner)), path)
-            digests[f"detections/{int(owner)}"] = file_digest(path)
-        for name, frame in (("objects", result.objects), ("refmap", result.refmap)):
-            path = work / name / f"{pixel}.parquet"
-            atomic_write_table(pa.Table.from_pandas(frame, preserve_index=False), path)
-            digests[name] = file_digest(path)
+        objects = pa.Table.from_pandas(result.objects, preserve_index=False)
+        atomic_write_table(objects, work / "objects" / f"{pixel}.parquet")
+        atomic_write_table(
+            pa.Table.from_pandas(result.refmap, preserve_index=False), work / "refmap" / f"{pixel}.parquet"
+        )
+    with timer.step("digest"):
+        cells = cell_order(params.work_order)
+        digests = {
+            f"detections/{c}": d for c, d in cell_digests(out, DETECTION_DIGEST_COLUMNS, cells).items()
+        }
+        digests |= {f"objects/{c}": d for c, d in cell_digests(objects, OBJECT_DIGEST_COLUMNS, cells).items()}
+        digests["refmap"] = file_digest(work / "refmap" / f"{pixel}.parquet")
     det_idx = out.column(SPATIAL_INDEX_COLUMN).to_numpy()
     obj_idx = result.objects[SPATIAL_INDEX_COLUMN].to_numpy()
     return PixelResult(
@@ -282,6 +289,39 @@ def match_pixel(
         output_digests=digests,
         seconds=timer.seconds,
     )
+
+
+#: Columns whose values define a detection row, for change detection (the others follow
+#: from the exposure-quadrant version, which the key holds).
+DETECTION_DIGEST_COLUMNS = [
+    schema.OBJECTID, *schema.DETECTION_KEY, "procversion", "mjd", "ra", "dec", "mag", "magerr",
+    "catflags", schema.HAS_REF, schema.OBJECT_RA, schema.OBJECT_DEC,
+]  # fmt: skip
+OBJECT_DIGEST_COLUMNS = [schema.OBJECTID, "ra", "dec", schema.HAS_REF, "nrefs"]
+
+
+def _as_int64(values: np.ndarray) -> np.ndarray:
+    """Exact int64 image of a column: integers as they are, floats by their bits."""
+    if np.issubdtype(values.dtype, np.floating):
+        return values.astype(np.float64).view(np.int64)
+    return values.astype(np.int64)
+
+
+def cell_digests(table: pa.Table, columns: list[str], order: int) -> dict[int, str]:
+    """Digest of the rows in each cell (pixel of ``order`` holding the row's ``_healpix_29``).
+
+    Rows are put in a canonical order first, so equal row sets give equal digests.
+    """
+    cells = pixel_of(table.column(SPATIAL_INDEX_COLUMN).to_numpy(), order)
+    values = np.column_stack(
+        [cells] + [_as_int64(table.column(c).to_numpy(zero_copy_only=False)) for c in columns]
+    )
+    values = values[np.lexsort(values.T[::-1])]
+    bounds = np.flatnonzero(np.diff(values[:, 0])) + 1
+    out = {}
+    for rows in np.split(values, bounds) if len(values) else []:
+        out[int(rows[0, 0])] = hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()[:32]
+    return out
 
 
 def file_digest(path: Path) -> str:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from distributed import Client, LocalCluster
 
 from lcstore import schema
-from lcstore.changes import dirty_pixels, fingerprints, partitions_to_rebuild
+from lcstore.changes import cell_order, dirty_pixels, fingerprints, partitions_to_rebuild
 from lcstore.embargo import Cutoffs, eligible
 from lcstore.errors import LcstoreError, ReleaseExistsError, StrictBuildError
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, spatial_index
@@ -39,6 +39,7 @@ from lcstore.ingest import (
     InputFile,
     Quarantined,
     discover,
+    file_signature,
     hash_file,
     read_ledger,
     remove_uncommitted,
@@ -189,10 +190,16 @@ def _batches(files: list[InputFile], max_bytes: int, workers: int) -> list[list[
 def _ingest(
     client: Client, config: BuildConfig, store: Store, report: BuildReport, say: Callable[[str], None]
 ) -> None:
-    known = set(read_ledger(store.path)["sha256"])
+    ledger = read_ledger(store.path)
+    known = set(ledger["sha256"])
+    signatures = set(zip(ledger["path"], ledger["size"], ledger["mtime_ns"], strict=True))
     for kind, folder in ((EPOCHS, config.epochs_dir), (REFS, config.refs_dir)):
-        files = _hash_files(client, discover(folder))
-        report.files_seen += len(files)
+        paths = discover(folder)
+        report.files_seen += len(paths)
+        # Files unchanged since they were ingested are not read again.
+        unseen = [p for p in paths if file_signature(p) not in signatures]
+        report.files_already_ingested += len(paths) - len(unseen)
+        files = _hash_files(client, unseen)
         fresh: dict[str, InputFile] = {}
         for f in files:
             if f.sha256 in known:
@@ -217,7 +224,7 @@ def _ingest(
             report.quarantined += [asdict(q) for q in r.quarantined]
             add_seconds(report.task_seconds, {f"ingest {k}": v for k, v in r.seconds.items()})
         say(
-            f"  {kind}: {len(files):,} files, {sum(r.files for r in results):,} newly ingested "
+            f"  {kind}: {len(paths):,} files, {sum(r.files for r in results):,} newly ingested "
             f"({sum(r.rows for r in results):,} rows)"
         )
 
@@ -326,14 +333,14 @@ def _build(
     if not obj_parts:
         raise LcstoreError("nothing to publish: no reference source and no eligible detection")
 
-    # 3. Rebuild the partitions whose rows changed: new partitions, and those holding rows
-    #    owned by a work pixel that received different rows from a rematched pixel.
-    changed_det, changed_obj = _changed_owners(dirty, results, previous)
+    # 3. Rebuild the partitions whose rows changed: new partitions, and those overlapping a
+    #    cell where a rematched pixel emitted different rows than last time.
+    changed_det, changed_obj = _changed_cells(dirty, results, previous)
     prev_det = set(previous.detection_partitions) if previous else set()
     prev_obj = set(previous.object_partitions) if previous else set()
-    rebuild_det = partitions_to_rebuild(det_parts, prev_det, changed_det, order)
+    rebuild_det = partitions_to_rebuild(det_parts, prev_det, changed_det, cell_order(order))
     # Object statistics come from the detections, so their changes count too.
-    rebuild_obj = partitions_to_rebuild(obj_parts, prev_obj, changed_obj | changed_det, order)
+    rebuild_obj = partitions_to_rebuild(obj_parts, prev_obj, changed_obj | changed_det, cell_order(order))
 
     # 4. Write: detections first, since object statistics are read from them.
     with _stage(report, "write", say):
@@ -412,23 +419,19 @@ def _plan(pixel_stats: dict[int, PixelResult], hist: str, max_rows: int) -> list
     return [(o, p) for o, p, _ in plan_partitions(*merged, HISTOGRAM_ORDER, max_rows)]
 
 
-def _changed_owners(
+def _changed_cells(
     dirty: set[int], results: dict[int, PixelResult], previous: ReleaseState | None
 ) -> tuple[set[int], set[int]]:
-    """Work pixels owning detections, and objects, that a rematched pixel emitted differently."""
-    changed_det: set[int] = set()
-    changed_obj: set[int] = set()
+    """Cells whose detections, and whose objects, a rematched pixel emitted differently."""
+    changed = {"detections": set(), "objects": set()}
     for pixel in dirty:
         new = results[pixel].output_digests if pixel in results else {}
         old = previous.pixels[pixel].output_digests if previous and pixel in previous.pixels else {}
         for key in set(new) | set(old):
-            if new.get(key) != old.get(key):
-                kind, _, owner = key.partition("/")
-                if kind == "detections":
-                    changed_det.add(int(owner))
-                elif kind == "objects":
-                    changed_obj.add(pixel)
-    return changed_det, changed_obj
+            kind, _, cell = key.partition("/")
+            if kind in changed and new.get(key) != old.get(key):
+                changed[kind].add(int(cell))
+    return changed["detections"], changed["objects"]
 
 
 def _timed(part: tuple[int, int], write: Callable[[tuple[int, int]], int]) -> tuple[int, float]:

@@ -1,0 +1,303 @@
+"""lcstore verify: a clean release passes; each kind of damage is found and named.
+
+Each test builds its own store from the tiny survey. Releases share unchanged partition
+files by hard links, so a test that damages a file of a store with two releases either
+replaces the file (a new inode, leaving the other release alone) or means to damage both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lcstore.cli import EXIT_USAGE, EXIT_VERIFY, main
+from lcstore.embargo import mjd_of_date, parse_date
+from lcstore.verify import (
+    CHECKSUMS_FILE,
+    Finding,
+    duplicate_rows,
+    in_ranges,
+    read_checksums,
+    verify_release,
+    verify_store,
+    write_checksums,
+)
+
+SMALL = {"detection_partition_rows": 200, "object_partition_rows": 60}
+
+
+def build_one(tmp_path: Path, build, survey, name: str = "DR1", **cutoffs) -> Path:
+    """A store with one release; returns the release directory."""
+    build(survey.epochs_dir, survey.refs_dir, tmp_path / "store", name, **cutoffs, **SMALL)
+    return tmp_path / "store" / "releases" / name
+
+
+def partitions(release: Path, catalog: str) -> list[Path]:
+    return sorted((release / catalog / "dataset").rglob("Npix=*.parquet"))
+
+
+def rel(release: Path, path: Path) -> str:
+    return path.relative_to(release).as_posix()
+
+
+def found(report, check: str) -> list[Finding]:
+    return [f for f in report.findings if f.check == check]
+
+
+def replace_table(path: Path, table: pa.Table) -> None:
+    """Write a new file in place of ``path`` (a new inode: a hard-linked twin keeps the old data)."""
+    tmp = path.with_name(path.name + ".new")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def refresh_checksum(release: Path, path: Path) -> None:
+    """Record ``path``'s current size and hash in checksums.json, hiding the edit from that check."""
+    from lcstore.ingest import hash_file
+
+    listing = json.loads((release / CHECKSUMS_FILE).read_text())
+    for entry in listing["files"]:
+        if entry["path"] == rel(release, path):
+            entry["size"], entry["sha256"] = path.stat().st_size, hash_file(str(path)).sha256
+    (release / CHECKSUMS_FILE).write_text(json.dumps(listing))
+
+
+def flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
+    path.write_bytes(bytes(data))  # in place: the same inode
+
+
+# --------------------------------------------------------------------------- clean releases
+
+
+def test_clean_release_verifies_ok(tmp_path, build, tiny_survey):
+    release = build_one(tmp_path, build, tiny_survey)
+    report = verify_release(tmp_path / "store", "DR1")
+    assert report.ok, report.summary()
+    info = json.loads((release / "release.json").read_text())["report"]
+    assert report.detections == info["detections"] > 0
+    assert report.objects == info["objects"] > 0
+    assert report.detection_partitions == len(partitions(release, "detections")) > 1
+    listed = read_checksums(release)
+    assert report.files == len(listed) and CHECKSUMS_FILE not in listed
+    assert {"release.json", "state.json", "units.parquet", "refmap.parquet"} <= set(listed)
+    assert "ok" in report.summary().splitlines()[0]
+
+
+def test_second_release_sharing_partitions_verifies_ok(tmp_path, build, tiny_survey):
+    # DR1 lacks one quadrant's epochs; DR2 adds them, rebuilding only the partitions they touch.
+    epochs = tmp_path / "epochs"
+    for f in Path(tiny_survey.epochs_dir).rglob("*.parquet"):
+        if "_q1_" not in f.name:
+            (epochs / f.relative_to(tiny_survey.epochs_dir)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(f, epochs / f.relative_to(tiny_survey.epochs_dir))
+    store = tmp_path / "store"
+    build(epochs, tiny_survey.refs_dir, store, "DR1", **SMALL)
+    second = build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR2", **SMALL)
+    assert second.partitions_shared > 0 and second.partitions_rebuilt > 0
+    dr1, dr2 = store / "releases" / "DR1", store / "releases" / "DR2"
+    linked = [p for p in dr2.rglob("Npix=*.parquet") if (dr1 / rel(dr2, p)).exists()]
+    assert any(os.stat(p).st_ino == os.stat(dr1 / rel(dr2, p)).st_ino for p in linked)
+    reports = verify_store(store)
+    assert [r.release for r in reports] == ["DR1", "DR2"]
+    assert all(r.ok for r in reports), "\n".join(r.summary() for r in reports)
+
+
+def test_checksums_of_hard_links_are_taken_from_the_previous_release(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir(), new.mkdir()
+    (old / "shared.parquet").write_bytes(b"shared")
+    (old / "gone.parquet").write_bytes(b"gone")
+    os.link(old / "shared.parquet", new / "shared.parquet")
+    (new / "fresh.parquet").write_bytes(b"fresh")
+    (new / "work").mkdir()  # build scratch, removed by publish: not part of the release
+    (new / "work" / "tmp.parquet").write_bytes(b"scratch")
+    assert write_checksums(old) == (2, 0)
+    recorded = read_checksums(old)["shared.parquet"]["sha256"]
+    # Same size, other bytes: a re-hash would notice, a reused checksum keeps the old value.
+    (old / "shared.parquet").write_bytes(b"SHARED")
+    assert write_checksums(new, old) == (1, 1)
+    listing = read_checksums(new)
+    assert sorted(listing) == ["fresh.parquet", "shared.parquet"]
+    assert listing["shared.parquet"]["sha256"] == recorded
+
+
+# --------------------------------------------------------------------------- damage
+
+
+def test_flipped_bytes_name_the_corrupt_file(tmp_path, build, tiny_survey):
+    release = build_one(tmp_path, build, tiny_survey)
+    target = partitions(release, "detections")[0]
+    assert target.stat().st_nlink == 1  # single-release store: nothing else shares it
+    flip_bytes(target)
+    report = verify_release(tmp_path / "store", "DR1")
+    assert not report.ok
+    [finding] = found(report, "checksums")
+    assert finding.file == rel(release, target)
+    assert "content changed" in finding.message
+    assert rel(release, target) in report.summary()
+
+
+def test_deleted_partition_is_missing_and_breaks_hats(tmp_path, build, tiny_survey):
+    release = build_one(tmp_path, build, tiny_survey)
+    target = partitions(release, "detections")[-1]
+    target.unlink()
+    report = verify_release(tmp_path / "store", "DR1")
+    [missing] = found(report, "checksums")
+    assert missing.file == rel(release, target)
+    assert "missing" in missing.message
+    hats = found(report, "hats")
+    assert hats and all(f.file == "detections" for f in hats)
+    pixel = target.stem.split("=")[1]
+    assert any("Missing" in f.message and pixel in f.message for f in hats)
+
+
+def test_edited_value_is_caught_by_its_checksum_only(tmp_path, build, tiny_survey):
+    release = build_one(tmp_path, build, tiny_survey)
+    target = partitions(release, "detections")[0]
+    table = pq.read_table(target)
+    mag = table.column("mag").to_numpy(zero_copy_only=False).copy()
+    mag[0] += 0.5
+    replace_table(target, table.set_column(table.schema.get_field_index("mag"), "mag", pa.array(mag)))
+    assert pq.read_table(target).num_rows == table.num_rows  # still valid Parquet
+    report = verify_release(tmp_path / "store", "DR1")
+    [finding] = report.findings
+    assert finding.check == "checksums"
+    assert finding.file == rel(release, target)
+    assert "content changed" in finding.message
+
+
+def test_injected_embargoed_row_is_found(tmp_path, build, tiny_survey):
+    release = build_one(tmp_path, build, tiny_survey, public="2018-03-19", private="2018-03-18")
+    target = partitions(release, "detections")[0]
+    table = pq.read_table(target)
+    row = table.slice(0, 1)
+    late = mjd_of_date(parse_date("2018-03-19")) + 2.5  # two days after the public cutoff
+    new_sourceid = int(pc.max(table.column("sourceid")).as_py()) + 1
+    row = row.set_column(row.schema.get_field_index("mjd"), "mjd", pa.array([late], pa.float64()))
+    row = row.set_column(row.schema.get_field_index("programid"), "programid", pa.array([1], pa.int8()))
+    row = row.set_column(
+        row.schema.get_field_index("sourceid"), "sourceid", pa.array([new_sourceid], pa.int64())
+    )
+    replace_table(target, pa.concat_tables([table, row]))
+    refresh_checksum(release, target)
+    report = verify_release(tmp_path / "store", "DR1")
+    assert not found(report, "checksums")
+    [embargo] = found(report, "embargo")
+    assert embargo.file == rel(release, target)
+    assert embargo.message.startswith("1 detection(s) not eligible")
+    assert f"sourceid={new_sourceid}" in embargo.message and f"mjd={late}" in embargo.message
+    # The extra row also shows in the counts and in its object's nobs.
+    assert found(report, "counts") and found(report, "objects")
+
+
+def test_dropped_row_breaks_the_count_against_the_ledger(tmp_path, build, tiny_survey):
+    release = build_one(tmp_path, build, tiny_survey)
+    target = partitions(release, "detections")[0]
+    table = pq.read_table(target)
+    dropped = table.slice(3, 1).to_pylist()[0]
+    replace_table(target, pa.concat_tables([table.slice(0, 3), table.slice(4)]))
+    refresh_checksum(release, target)
+    report = verify_release(tmp_path / "store", "DR1")
+    assert not found(report, "checksums")
+    counts = found(report, "counts")
+    total = json.loads((release / "release.json").read_text())["report"]["detections"]
+    [total_finding] = [f for f in counts if f.message.startswith(f"{total - 1:,} detection rows")]
+    assert f"hold {total:,} rows in the ledger" in total_finding.message
+    unit = f"expid={dropped['expid']} ccdid={dropped['ccdid']} qid={dropped['qid']}"
+    assert any(unit in f.message for f in counts)
+    [nobs] = found(report, "objects")
+    assert f"objectid={dropped['objectid']}" in nobs.message
+
+
+def test_deleted_object_row_leaves_its_detections_orphaned(tmp_path, build, tiny_survey):
+    release = build_one(tmp_path, build, tiny_survey)
+    for target in partitions(release, "objects"):
+        objects = pq.read_table(target)
+        nobs, nrefs = objects.column("nobs").to_numpy(), objects.column("nrefs").to_numpy()
+        candidates = np.flatnonzero((nobs > 0) & (nrefs > 0))
+        if len(candidates):
+            break
+    gone = candidates[0]
+    objectid = objects.column("objectid")[gone].as_py()
+    replace_table(target, pa.concat_tables([objects.slice(0, gone), objects.slice(gone + 1)]))
+    refresh_checksum(release, target)
+    report = verify_release(tmp_path / "store", "DR1")
+    [orphans] = [f for f in found(report, "objects") if f.file.startswith("detections/")]
+    assert f"{nobs[gone]} detection(s) of 1 objectid(s)" in orphans.message
+    assert str(objectid) in orphans.message and rel(release, target) in orphans.message
+    # Its reference sources are now absorbed by no object.
+    [refs] = [f for f in found(report, "objects") if f.file == "refmap.parquet"]
+    refmap_rows = pq.ParquetFile(release / "refmap.parquet").metadata.num_rows
+    assert f"add up to {refmap_rows - nrefs[gone]:,} reference sources" in refs.message
+    assert not found(report, "counts") and not found(report, "checksums")
+
+
+def test_corrupting_a_shared_file_is_found_in_both_releases(tmp_path, build, tiny_survey):
+    store = tmp_path / "store"
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1", **SMALL)
+    report = build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR2", **SMALL)
+    assert report.partitions_rebuilt == 0  # same inputs: every partition is shared
+    dr1, dr2 = store / "releases" / "DR1", store / "releases" / "DR2"
+    target = partitions(dr2, "detections")[0]
+    assert os.stat(target).st_ino == os.stat(dr1 / rel(dr2, target)).st_ino
+    flip_bytes(target)
+    reports = verify_store(store)
+    for r in reports:
+        assert [f.file for f in found(r, "checksums")] == [rel(dr2, target)], r.summary()
+    assert reports[1].bytes_hashed < reports[0].bytes_hashed  # shared files were read once
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_exit_codes_and_report(tmp_path, build, tiny_survey, capsys):
+    release = build_one(tmp_path, build, tiny_survey)
+    store = str(tmp_path / "store")
+    assert main(["verify", store]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"release DR1 ({release}): ok")
+    assert main(["verify", store, "--release", "DR9"]) == EXIT_USAGE
+    assert "no release 'DR9'" in capsys.readouterr().err
+    target = partitions(release, "objects")[0]
+    flip_bytes(target)
+    assert main(["verify", store, "--release", "DR1"]) == EXIT_VERIFY == 4
+    out = capsys.readouterr().out
+    assert "FAILED" in out
+    assert f"[checksums] {rel(release, target)}: content changed" in out
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), max_size=30))
+def test_duplicate_rows_match_brute_force(rows):
+    keys = [np.array([r[i] for r in rows], dtype=np.int64) for i in range(2)]
+    want = [i for i, r in enumerate(rows) if r in rows[:i]]
+    assert duplicate_rows(keys).tolist() == want
+
+
+@given(
+    st.lists(st.integers(0, 100), max_size=40),
+    st.lists(st.tuples(st.integers(0, 100), st.integers(1, 10)), max_size=5),
+)
+def test_in_ranges_matches_brute_force(values, spans):
+    ranges, edge = [], -1
+    for start, length in sorted(spans):
+        if start > edge:  # keep the ranges disjoint
+            ranges.append((start, start + length))
+            edge = start + length
+    index = np.array(values, dtype=np.int64)
+    want = [any(lo <= v < hi for lo, hi in ranges) for v in values]
+    assert in_ranges(index, ranges).tolist() == want

@@ -173,6 +173,18 @@ def test_objects_in_cone_equals_brute_force(release, objects, ra, dec, radius):
     assert list(got.columns) == list(objects.columns)
 
 
+@pytest.mark.parametrize(("ra", "dec", "radius"), CONES)
+def test_cone_sql_equals_cone(release, ra, dec, radius):
+    """The generated DuckDB SQL selects what Release.cone does, for both catalogs."""
+    got = release.sql(release.cone_sql(ra, dec, radius))
+    want = release.cone(ra, dec, radius)
+    assert sorted(zip(got["objectid"], got["expid"], got["sourceid"], strict=True)) == sorted(
+        zip(want["objectid"], want["expid"], want["sourceid"], strict=True)
+    )
+    objs = release.sql(release.cone_sql(ra, dec, radius, catalog="objects"))
+    assert sorted(objs["objectid"]) == sorted(release.objects_in_cone(ra, dec, radius)["objectid"])
+
+
 def test_small_cone_reads_little(release, fine_release, objects):
     obj = objects.iloc[len(objects) // 2]
     files = sorted((fine_release.path / "detections" / "dataset").rglob("*.parquet"))

@@ -51,7 +51,8 @@ from lcstore.store import Store
 
 __all__ = ["MAX_RADIUS_ARCSEC", "ObjectNotFoundError", "QueryStats", "Release", "open"]
 
-#: Largest cone radius a query may ask for, arcseconds (1 degree, as IRSA's API).
+#: Largest cone radius a library query may ask for, arcseconds (1 degree; the IRSA-compatible
+#: HTTP service keeps IRSA's own limit of 0.1667 degree).
 MAX_RADIUS_ARCSEC = 3600.0
 
 #: The cone's MOC uses cells about this many times smaller than its radius: fine enough

@@ -9,10 +9,10 @@ The search needs no tree and no sort of the queries, though queries in spatial o
 targets they read then stay in cache. Targets are bucketed into square
 *columns* of a 2-D grid over two of the three Cartesian axes, those across the data's
 dominant direction, so a column pierces the sphere near the data in one small patch.
-The grid's cell is at least the search chord, so a query's match lies in its own column
-or one of the 8 around it; each column is a contiguous run of the targets, which are
-counting-sorted by column. Grid cells grow when the data spread wide, which keeps the
-table small and never affects exactness.
+The grid's cell is at least twice the search chord, so a query's match lies in its own
+column or in the neighbours on the near side of its cell: 2 x 2 columns, which are two
+contiguous runs of the targets, counting-sorted by column. Grid cells grow when the data
+spread wide, which keeps the table small and never affects exactness.
 
 Pure numpy + numba; no I/O, no Dask.
 """
@@ -65,26 +65,40 @@ def _bucket(txyz, a_u, a_v, u0, v0, cell, nu, nv):
 
 
 @numba.njit(cache=True)
+def _span(f: float) -> tuple:
+    """Grid columns to search along one axis, for a query at grid coordinate ``f``.
+
+    Cells are at least twice the search chord, so a match lies in the query's own column
+    or in the one neighbour on the side of the cell the query is in.
+    """
+    i = int(np.floor(f))
+    lo = i - 1 if f - i < 0.5 else i
+    return lo, lo + 1
+
+
+@numba.njit(cache=True)
 def _nearest(qxyz, txyz, start, order, a_u, a_v, u0, v0, cell, nu, nv, chord2):
     n = qxyz.shape[0]
     best = np.full(n, -1, dtype=np.int64)
     best_d2 = np.full(n, np.inf)
     for i in range(n):
-        qu, qv = qxyz[i, a_u], qxyz[i, a_v]
-        iu = int(np.floor((qu - u0) / cell))
-        iv = int(np.floor((qv - v0) / cell))
-        for cu in range(max(iu - 1, 0), min(iu + 2, nu)):
-            for cv in range(max(iv - 1, 0), min(iv + 2, nv)):
-                c = cu * nv + cv
-                for s in range(start[c], start[c + 1]):
+        cu_lo, cu_hi = _span((qxyz[i, a_u] - u0) / cell)
+        cv_lo, cv_hi = _span((qxyz[i, a_v] - v0) / cell)
+        cv_lo, cv_hi = max(cv_lo, 0), min(cv_hi, nv - 1)
+        if cv_lo > cv_hi:
+            continue
+        for cu in range(max(cu_lo, 0), min(cu_hi, nu - 1) + 1):
+            # Columns (cu, cv_lo..cv_hi) are adjacent in memory: one run of targets.
+            for s in range(start[cu * nv + cv_lo], start[cu * nv + cv_hi + 1]):
+                # txyz is in column order: the scan reads memory in sequence.
+                d0 = qxyz[i, 0] - txyz[s, 0]
+                d1 = qxyz[i, 1] - txyz[s, 1]
+                d2 = qxyz[i, 2] - txyz[s, 2]
+                d = d0 * d0 + d1 * d1 + d2 * d2
+                if d <= chord2 and d <= best_d2[i]:
                     j = order[s]
-                    # txyz is in column order: the scan reads memory in sequence.
-                    d0 = qxyz[i, 0] - txyz[s, 0]
-                    d1 = qxyz[i, 1] - txyz[s, 1]
-                    d2 = qxyz[i, 2] - txyz[s, 2]
-                    d = d0 * d0 + d1 * d1 + d2 * d2
                     # Ties go to the lower target index so results never depend on order.
-                    if d <= chord2 and (d < best_d2[i] or (d == best_d2[i] and j < best[i])):
+                    if d < best_d2[i] or j < best[i]:
                         best_d2[i] = d
                         best[i] = j
     return best, best_d2
@@ -126,7 +140,7 @@ def nearest_within(
     # About as many columns as targets (a few per column), and never more than MAX_COLUMNS:
     # the table stays small for small target sets, which association calls often.
     columns = min(MAX_COLUMNS, 4 * len(target_xyz))
-    cell = max(chord, extent / np.sqrt(columns)) * (1.0 + 1e-9)
+    cell = max(2.0 * chord, extent / np.sqrt(columns)) * (1.0 + 1e-9)
     nu = int((hi[a_u] - lo[a_u]) / cell) + 1
     nv = int((hi[a_v] - lo[a_v]) / cell) + 1
     start, order = _bucket(target_xyz, a_u, a_v, lo[a_u], lo[a_v], cell, nu, nv)

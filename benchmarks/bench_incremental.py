@@ -64,7 +64,9 @@ def inodes(folder: Path) -> dict[int, int]:
     return {p.stat().st_ino: p.stat().st_size for p in folder.rglob("*") if p.is_file()}
 
 
-def build(client, epochs: Path, refs: Path, store: Path, name: str, rows: int) -> tuple[float, dict]:
+def build(
+    client, epochs: Path, refs: Path, store: Path, name: str, rows: int, order: int
+) -> tuple[float, dict]:
     config = BuildConfig(
         epochs_dir=str(epochs),
         refs_dir=str(refs),
@@ -73,6 +75,7 @@ def build(client, epochs: Path, refs: Path, store: Path, name: str, rows: int) -
         cutoffs=Cutoffs(FAR, FAR),
         detection_partition_rows=rows,
         object_partition_rows=rows // 10,
+        work_order=order,
     )
     start = time.perf_counter()
     report = build_release(config, client, say=lambda line: print("   ", line, flush=True))

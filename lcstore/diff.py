@@ -28,8 +28,8 @@ class ReleaseDiff:
     new: str
     detections_old: int
     detections_new: int
-    detections_new_data: int  # exposures the old release could have shown, delivered since
-    detections_newly_public: int  # exposures the old release's cutoffs kept back
+    detections_new_data: int  # exposures delivered since the old release was built
+    detections_newly_public: int  # exposures delivered then, but kept back by its cutoffs
     detections_reprocessed: int  # new versions of exposures the old release showed
     detections_superseded: int  # old versions those replaced
     objects_added: int
@@ -76,7 +76,11 @@ def diff_releases(store: str, old: str, new: str) -> ReleaseDiff:
     reprocessed = pd.MultiIndex.from_frame(added[quadrant]).isin(old_quadrants)
 
     old_cut = _cutoffs(json.loads((old_dir / "release.json").read_text()))
-    was_embargoed = ~eligible(added["programid"].to_numpy(), added["mjd"].to_numpy(), old_cut)
+    # Newly public: delivered by the time the old release was built, but embargoed in it.
+    delivered = added["batch"].isin(set(json.loads((old_dir / "state.json").read_text())["batches"]))
+    was_embargoed = delivered.to_numpy() & ~eligible(
+        added["programid"].to_numpy(), added["mjd"].to_numpy(), old_cut
+    )
     old_ids, new_ids = _objectids(old_dir), _objectids(new_dir)
     return ReleaseDiff(
         old=old,

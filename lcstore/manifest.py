@@ -2,7 +2,8 @@
 
 Next to its catalogs a release keeps:
 
-* ``state.json``: the build parameters' fingerprint salt and both partition lists;
+* ``state.json``: the build parameters' fingerprint salt, both partition lists, and the
+  ledger batches delivered by then;
 * ``pixels.parquet``: for every work pixel, the fingerprint of its inputs, its counts and
   the histograms of the rows it emitted (to plan partitions without re-reading them);
 * ``units.parquet``: the IDs of the ledger units it shows (for ``lcstore diff``).
@@ -33,6 +34,8 @@ class ReleaseState:
     object_partitions: list[tuple[int, int]]
     detection_schema: pa.Schema | None
     units: np.ndarray
+    #: Ledger batches the build knew of: what had been delivered by then.
+    batches: list[str]
 
 
 def write_state(folder: Path, state: ReleaseState) -> None:
@@ -44,6 +47,7 @@ def write_state(folder: Path, state: ReleaseState) -> None:
                 "salt": state.salt,
                 "detection_partitions": state.detection_partitions,
                 "object_partitions": state.object_partitions,
+                "batches": sorted(state.batches),
             }
         )
     )
@@ -109,4 +113,5 @@ def read_state(folder: Path) -> ReleaseState | None:
         object_partitions=[tuple(p) for p in meta["object_partitions"]],
         detection_schema=pq.read_schema(common) if common.is_file() else None,
         units=read_units(folder),
+        batches=meta.get("batches", []),
     )

@@ -405,6 +405,7 @@ def _build(
         object_partitions=obj_parts,
         detection_schema=target,
         units=np.sort(units["unit"].to_numpy(dtype=np.int64)),
+        batches=sorted(set(ledger["batch"])),
     )
 
 

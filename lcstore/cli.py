@@ -239,6 +239,7 @@ def _build(args: argparse.Namespace) -> int:
     from lcstore.embargo import Cutoffs
     from lcstore.errors import ReleaseExistsError, StrictBuildError
     from lcstore.pipeline import BuildConfig, build_release, dask_client
+    from lcstore.publish import interrupted_publish
 
     optional = {
         "work_order": args.work_order,
@@ -257,7 +258,8 @@ def _build(args: argparse.Namespace) -> int:
     )
     # Dask logs every worker start and stop at INFO (its import sets that): only with -v.
     logging.getLogger("distributed").setLevel(args.log_level)
-    if Store(args.store).release_dir(args.release).exists():
+    store = Store(args.store)
+    if store.release_dir(args.release).exists() and not interrupted_publish(store, args.release):
         raise ReleaseExistsError(
             f"release {args.release!r} is already published in {args.store}; choose a new name"
         )

@@ -47,7 +47,14 @@ from lcstore.ingest import (
 )
 from lcstore.manifest import ReleaseState, read_state, write_state
 from lcstore.match import HISTOGRAM_ORDER, MatchParams, PixelResult, match_pixel
-from lcstore.publish import new_build_dir, publish, remove_stale_builds
+from lcstore.publish import (
+    finish_publish,
+    interrupted_publish,
+    new_build_dir,
+    publish,
+    remove_stale_builds,
+    remove_temporaries,
+)
 from lcstore.store import DEFAULT_WORK_ORDER, FORMAT_VERSION, Store
 from lcstore.supersede import select_units
 from lcstore.timing import add_seconds
@@ -505,10 +512,23 @@ def build_release(config: BuildConfig, client: Client, say: Callable[[str], None
     store = Store(config.store)
     with store.lock():
         store.create(config.work_order)
+        leftovers = remove_stale_builds(store) + remove_uncommitted(store.path)
+        for folder in (store.path / "staging", store.path / "ledger", store.path / "reports"):
+            leftovers += remove_temporaries(folder)
+        # LATEST's own temporary, if a publish died while switching it.
+        for path in store.path.glob(".*.tmp"):
+            path.unlink()
+            leftovers.append(path)
+        for path in leftovers:
+            say(f"removed {path}, left by an interrupted build")
+        if interrupted_publish(store, config.release):
+            # Killed after the release was moved into place, before LATEST switched to it.
+            finish_publish(store, config.release)
+            say(f"finished publishing {config.release}, which an interrupted build had left unswitched")
+            info = json.loads((store.release_dir(config.release) / "release.json").read_text())
+            return BuildReport(**info["report"])
         if store.release_dir(config.release).exists():
             raise ReleaseExistsError(f"release {config.release!r} is already published in {store.path}")
-        for path in remove_stale_builds(store) + remove_uncommitted(store.path):
-            say(f"removed {path}, left by an interrupted build")
         return _build_locked(config, client, store, say)
 
 
@@ -525,6 +545,9 @@ def _build_locked(
     try:
         with _stage(report, "ingest", say):
             _ingest(client, config, store, report, say)
+            # A worker lost mid-write leaves its temporary file; Dask reran the task.
+            remove_temporaries(store.path / "staging")
+            remove_temporaries(store.path / "ledger")
         if config.strict and report.quarantined:
             raise StrictBuildError(_strict_message(report, "quarantined"))
         state = _build(client, config, store, build_dir, report, say)
@@ -540,6 +563,7 @@ def _build_locked(
             "work_order": store.work_order,
             "report": asdict(report),
         }
+        remove_temporaries(build_dir)
         write_state(build_dir, state)
         (build_dir / "release.json").write_text(json.dumps(info, indent=2, default=str))
         write_checksums(build_dir, store.release_dir(report.base_release) if report.base_release else None)

@@ -14,7 +14,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from lcstore.errors import ReleaseExistsError
+from lcstore.errors import ReleaseExistsError, ReleaseNotFoundError
 from lcstore.store import Store, write_text_atomic
 
 
@@ -25,6 +25,41 @@ def remove_stale_builds(store: Store) -> list[Path]:
     for path in stale:
         shutil.rmtree(path)
     return stale
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete ``.*.tmp`` files under ``folder``: writes whose process died before the rename.
+
+    Every write goes to a temporary name and is renamed into place, so a temporary file
+    is garbage once no task is writing. Call only while holding the lock and with no
+    task running.
+    """
+    stale = sorted(folder.rglob(".*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink()
+    return stale
+
+
+def interrupted_publish(store: Store, name: str) -> bool:
+    """Whether release ``name`` was moved into place but LATEST was never switched to it.
+
+    That is a build killed between the two steps of :func:`publish`; rerunning it should
+    finish the publication rather than fail.
+    """
+    if not (store.release_dir(name) / "release.json").is_file():
+        return False
+    try:
+        latest = store.latest()
+    except ReleaseNotFoundError:
+        return True
+    if latest == name:
+        return False
+    return store.releases()[-1] == name
+
+
+def finish_publish(store: Store, name: str) -> None:
+    """Switch LATEST to an already moved release (see :func:`interrupted_publish`)."""
+    write_text_atomic(store.path / "LATEST", name + "\n")
 
 
 def new_build_dir(store: Store, name: str) -> Path:
@@ -50,5 +85,5 @@ def publish(store: Store, build_dir: Path, name: str) -> Path:
     if work.exists():
         shutil.rmtree(work)
     os.rename(build_dir, target)
-    write_text_atomic(store.path / "LATEST", name + "\n")
+    finish_publish(store, name)
     return target

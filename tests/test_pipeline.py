@@ -184,3 +184,31 @@ def test_ledger_records_quarantine_and_bad_files_do_not_stop_the_build(tmp_path,
     assert [q["path"] for q in report.quarantined] == [str(epochs / "broken.parquet")]
     assert "unreadable Parquet" in report.quarantined[0]["reason"]
     assert report.detections == int(load_truth(tiny_survey.out_dir).detections["current"].sum())
+
+
+def test_rerun_finishes_a_publish_interrupted_before_latest_switched(tmp_path, build, tiny_survey):
+    """Killed between moving DR2 into place and switching LATEST: the rerun completes it."""
+    store = tmp_path / "store"
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1", "2018-03-19", "2018-03-18")
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR2")
+    (store / "LATEST").write_text("DR1\n")  # the state such a kill leaves
+    (store / ".LATEST.0123.tmp").write_text("DR2\n")
+    report = build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR2")
+    assert report.release == "DR2"
+    assert (store / "LATEST").read_text().strip() == "DR2"
+    assert not list(store.glob(".*.tmp"))
+    # An older release is never re-pointed to: that name is simply taken.
+    with pytest.raises(ReleaseExistsError):
+        build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1")
+
+
+def test_temporaries_of_killed_writers_are_removed(tmp_path, build, tiny_survey):
+    store = tmp_path / "store"
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1")
+    pixel = next((store / "staging" / "epochs").iterdir())
+    orphans = [pixel / ".x.parquet.dead.tmp", store / "ledger" / ".y.parquet.dead.tmp"]
+    for path in orphans:
+        path.write_bytes(b"half")
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR2")
+    assert not any(path.exists() for path in orphans)
+    assert not list((store / "releases").rglob(".*.tmp"))

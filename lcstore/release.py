@@ -702,6 +702,11 @@ class Release:
             con.execute(
                 f"CREATE VIEW {view} AS SELECT * FROM read_parquet({literal}, hive_partitioning = false)"
             )
+        # Queries may read this release's files and nothing else, and may not undo that.
+        release = "'" + (str(self.path) + "/").replace("'", "''") + "'"
+        con.execute(f"SET allowed_directories = [{release}]")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
         return con
 
     def duckdb(self) -> DuckDBPyConnection:
@@ -728,8 +733,16 @@ class Release:
         Raises
         ------
         QueryError
-            If DuckDB rejects the query; the message is DuckDB's.
+            If the query is not one SELECT statement, or DuckDB rejects it (for example
+            for reading a file outside the release); the message is DuckDB's.
         """
+        try:
+            statements = duckdb.extract_statements(query)
+        except duckdb.Error as err:
+            raise QueryError(f"SQL query failed: {str(err).splitlines()[0]}") from err
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            kinds = ", ".join(st.type.name for st in statements) or "none"
+            raise QueryError(f"sql() runs one read-only SELECT statement; got: {kinds}")
         with self.duckdb() as con:
             try:
                 return con.execute(query).df()

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,9 @@ from pathlib import Path
 from lcstore.errors import ReleaseNotFoundError, StoreError, StoreLockedError
 
 FORMAT_VERSION = 1
+
+#: What a release name may look like: it names a folder, and must stay inside the store.
+RELEASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 #: Default order of the work pixels (about 0.9 degrees across at order 6).
 DEFAULT_WORK_ORDER = 6
@@ -105,6 +109,17 @@ class Store:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def release_dir(self, name: str) -> Path:
+        """Folder of release ``name``.
+
+        Raises
+        ------
+        StoreError
+            If the name could reach outside ``STORE/releases`` or is not a plain name.
+        """
+        if not RELEASE_NAME.fullmatch(name or "") or name in (".", ".."):
+            raise StoreError(
+                f"invalid release name {name!r}: use letters, digits, '.', '_' and '-' only (e.g. DR5)"
+            )
         return self.path / "releases" / name
 
     def releases(self) -> list[str]:

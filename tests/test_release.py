@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lcstore
-from lcstore.errors import QueryError, ReleaseNotFoundError, StoreError
+from lcstore.errors import LcstoreError, QueryError, ReleaseNotFoundError, StoreError
 from lcstore.index import partition_of
 from lcstore.release import MAX_RADIUS_ARCSEC, ObjectNotFoundError, Release
 
@@ -364,3 +364,28 @@ def test_import_is_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip()
     assert Path(lcstore.__file__).parent.name == "lcstore"
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("COPY (SELECT 1) TO '/tmp/lcstore-escape.csv'", "one read-only SELECT"),
+        ("ATTACH '/tmp/lcstore-escape.db'", "one read-only SELECT"),
+        ("CREATE TABLE t AS SELECT 1", "one read-only SELECT"),
+        ("SELECT 1; SELECT 2", "one read-only SELECT"),
+        ("SELECT * FROM read_csv('/etc/passwd')", "Permission"),
+        ("SELECT * FROM read_parquet('/tmp/*.parquet')", "Permission"),
+        ("SET enable_external_access = true", "one read-only SELECT"),
+    ],
+)
+def test_sql_is_read_only_and_confined_to_the_release(release, query, message):
+    with pytest.raises(QueryError, match=message):
+        release.sql(query)
+    # Reading the release itself still works afterwards.
+    assert release.sql("SELECT count(*) AS n FROM refmap")["n"].iloc[0] >= 0
+
+
+@pytest.mark.parametrize("name", ["../x", "..", "a/b", "", "/etc", "DR1/../../x"])
+def test_release_names_cannot_escape_the_store(query_store, name):
+    with pytest.raises(LcstoreError, match="invalid release name"):
+        lcstore.open(query_store, release=name)

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := demo-out
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-all test-slow lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,12 +18,21 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python pipelines/demo.py --out $(DEMO)
 
+# CI runs this: lint, every test not marked slow, and the notebooks (so they cannot rot).
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow or notebook"
+
+# The slow tests: crash/kill loops, worker loss, real clusters, larger surveys (minutes).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow and not notebook"
+
+test-all: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -32,6 +32,7 @@ def test_there_are_notebooks_and_they_are_stored_without_outputs():
 
 
 @pytest.mark.slow
+@pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
     from jupyter_client.kernelspec import KernelSpecManager

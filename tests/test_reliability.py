@@ -58,11 +58,12 @@ STAGE_MARKS = (
 #: Runs ``lcstore build`` and SIGKILLs its whole process group at one file-system step.
 #: ``LCSTORE_KILL_AT`` is ``OP:WHEN:PATTERN:N``: at the N-th ``os.replace``/``os.rename``
 #: (OP ``replace``) whose target contains PATTERN, before or after it; or (OP
-#: ``rmtree-half``) half-way through the N-th ``shutil.rmtree`` of a matching path. The
-#: hooks are installed at import, so the spawned Dask workers (which import this file as
-#: ``__mp_main__``) have them too.
+#: ``rmtree-half``) half-way through the N-th ``shutil.rmtree`` of a matching path. OP
+#: ``pause`` does not kill: it waits before that rename until the file $LCSTORE_RESUME
+#: exists. The hooks are installed at import, so the spawned Dask workers (which import
+#: this file as ``__mp_main__``) have them too.
 KILL_WRAPPER = """
-import os, shutil, signal, sys
+import os, shutil, signal, sys, time
 
 OP, WHEN, PATTERN, NTH = os.environ["LCSTORE_KILL_AT"].split(":")
 NTH = int(NTH)
@@ -84,6 +85,11 @@ def _matches(op, path):
 
 def _hook_rename(original):
     def rename(src, dst, *args, **kwargs):
+        if _matches("pause", dst):
+            sys.stderr.write(f"[pause-point] before {src} -> {dst}\\n")
+            sys.stderr.flush()
+            while not os.path.exists(os.environ["LCSTORE_RESUME"]):
+                time.sleep(0.05)
         hit = _matches("replace", dst)
         if hit and WHEN == "before":
             _die(f"before {original.__name__} {src} -> {dst}")
@@ -499,6 +505,48 @@ def test_sigkill_at_each_commit_point_then_rerun_gives_the_same_release(world, t
     if latest != "DR2":
         rerun = run_cli(world.dr2_argv(store))
         assert rerun.returncode == 0, rerun.stderr
+    assert_finished_like_reference(store, world, dr1_before)
+
+
+@pytest.mark.slow
+def test_a_second_build_stops_at_the_lock_and_touches_nothing(world, tmp_path):
+    """The same command, run while a build holds the lock, exits 2 at once; the first finishes.
+
+    The first build is paused with everything built in STORE/tmp, just before the rename
+    that publishes it: the moment a second build's cleanup would do the most harm.
+    """
+    wrapper = tmp_path / "kill_at.py"
+    wrapper.write_text(KILL_WRAPPER)
+    store = world.fresh_store(tmp_path)
+    dr1_before = fingerprint(store / "releases" / "DR1")
+    resume = tmp_path / "resume"
+    env = {**os.environ, "LCSTORE_KILL_AT": "pause:before:/releases/:1", "LCSTORE_RESUME": str(resume)}
+    first: list[Run] = []
+
+    def hold() -> None:
+        first.append(run_cli(world.dr2_argv(store), prefix=[sys.executable, "-u", str(wrapper)], env=env))
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        deadline = time.monotonic() + 300
+        # Paused: the build's checksums are written and its scratch 'work' folder removed.
+        while not any(
+            (d / "checksums.json").exists() and not (d / "work").exists()
+            for d in (store / "tmp").glob("DR2-*")
+        ):
+            assert holder.is_alive() and time.monotonic() < deadline, first and first[0].stderr
+            time.sleep(0.1)
+        building = contents(store / "tmp")
+        second = run_cli(world.dr2_argv(store))
+        assert contents(store / "tmp") == building, "the second build touched the first one's files"
+        assert (store / "LATEST").read_text().strip() == "DR1"
+    finally:
+        resume.touch()
+        holder.join(300)
+    assert second.returncode == 2, second.stderr
+    assert "another build is running" in second.stderr
+    assert first[0].returncode == 0, first[0].stderr
     assert_finished_like_reference(store, world, dr1_before)
 
 

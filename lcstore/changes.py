@@ -32,11 +32,6 @@ def _with_neighbours(pixels: np.ndarray, order: int) -> pd.DataFrame:
     return near[near["near"] >= 0].drop_duplicates()
 
 
-def neighbourhood(pixels: set[int] | np.ndarray, order: int) -> set[int]:
-    """The pixels together with all their neighbours."""
-    return set(_with_neighbours(np.fromiter(pixels, dtype=np.int64), order)["near"].tolist())
-
-
 #: Units record which cells (pixels CELL_DELTA orders finer than the work pixels) they
 #: have rows in; a work pixel depends on the cells inside it and on those along its
 #: border, which hold its margin. Cells must be wider than the margin.

@@ -453,7 +453,11 @@ def test_sigkill_at_random_moments_then_rerun_gives_the_same_release(world, tmp_
     print("\n".join(map(str, log)))
     print(f"reference timeline [s after the lock]: {world.timeline}")
     print(f"{len(kills)} kills in {stores} stores, landed in: {dict(landed)}")
-    assert len(kills) == len(moments)
+    # Every kill timed from a stage's start hit a running build; one timed into the final
+    # shutdown (after "[publish] done") may come after a quicker run's exit.
+    missed = [entry for entry in log if entry[3].startswith("not killed")]
+    assert all(mark == "[publish] done" for _, mark, _, _ in missed), missed
+    assert len(kills) >= len(moments) - 2
     assert {"ingest", "match", "write"} <= set(landed), landed
 
 

@@ -161,3 +161,41 @@ def query_store(tmp_path_factory, build) -> Path:
 def handmade_survey():
     """:func:`write_handmade_survey`, for tests that build a store of their own."""
     return write_handmade_survey
+
+
+@pytest.fixture
+def dask_scheduler_file(tmp_path):
+    """A `dask scheduler` and two `dask worker` processes on loopback, as the cluster
+    recipes run them; yields the scheduler file (its JSON holds the address)."""
+    import subprocess
+    import sys
+    import time
+
+    dask = str(Path(sys.executable).with_name("dask"))
+    sched = tmp_path / "scheduler.json"
+    common = ["--scheduler-file", str(sched)]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0", *common],
+            **quiet,
+        )
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while not sched.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the dask scheduler did not write {sched}")
+            time.sleep(0.2)
+        worker = [dask, "worker", "--nthreads", "1", "--memory-limit", "2GiB", "--host", "127.0.0.1"]
+        procs += [subprocess.Popen([*worker, "--no-dashboard", *common], **quiet) for _ in range(2)]
+        from distributed import Client
+
+        with Client(scheduler_file=str(sched), timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield sched
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)

@@ -26,7 +26,6 @@ from lcstore.store import Store
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 LAUNCHER = CLUSTER / "slurm" / "run_release.py"
-DASK = str(Path(sys.executable).with_name("dask"))
 #: The scheduler of a test cluster listens on loopback only, with a random dashboard port.
 LOOPBACK = {"host": "127.0.0.1", "dashboard_address": ":0"}
 
@@ -254,37 +253,9 @@ def test_autoscaler_names_the_cluster():
 # --- on real processes --------------------------------------------------------------------------
 
 
-def _wait_for(path: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear")
-        time.sleep(0.2)
-
-
-@pytest.fixture
-def head_node(tmp_path):
-    """`dask scheduler` and two `dask worker` processes, as in cluster/README.md's recipe."""
-    sched = tmp_path / "scheduler.json"
-    common = ["--scheduler-file", str(sched)]
-    scheduler = [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0"]
-    worker = [DASK, "worker", "--nthreads", "1", "--memory-limit", "2GiB", "--host", "127.0.0.1"]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    procs = [subprocess.Popen(scheduler + common, **quiet)]
-    try:
-        _wait_for(sched)
-        procs += [subprocess.Popen([*worker, "--no-dashboard", *common], **quiet) for _ in range(2)]
-        yield json.loads(sched.read_text())["address"]
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=30)
-
-
 @pytest.mark.cluster
 @pytest.mark.slow
-def test_cli_build_with_scheduler_address(tmp_path, head_node, tiny_survey, capsys):
+def test_cli_build_with_scheduler_address(tmp_path, dask_scheduler_file, tiny_survey, capsys):
     store = tmp_path / "store"
     status = lcstore_main(
         [
@@ -292,7 +263,7 @@ def test_cli_build_with_scheduler_address(tmp_path, head_node, tiny_survey, caps
             *("--epochs", str(tiny_survey.epochs_dir), "--refs", str(tiny_survey.refs_dir)),
             *("--store", str(store), "--release", "DR1"),
             *("--public-cutoff", "2030-01-01", "--private-cutoff", "2030-01-01"),
-            *("--scheduler", head_node),
+            *("--scheduler", json.loads(dask_scheduler_file.read_text())["address"]),
         ]
     )
     out = capsys.readouterr().out

@@ -591,7 +591,13 @@ os.replace = replace
 def deployment(folder: Path, env: dict[str, str] | None = None, preload: Path | None = None):
     """A ``dask scheduler`` and two ``dask worker`` processes (each under a nanny), on loopback."""
     scheduler_file = folder / "scheduler.json"
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
+    # Each in a session of its own, so that its nanny's worker process is stopped with it.
+    quiet = {
+        "stdout": subprocess.DEVNULL,
+        "stderr": subprocess.DEVNULL,
+        "env": env,
+        "start_new_session": True,
+    }
     scheduler = [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", ":0"]
     worker = [DASK, "worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1", "--nworkers", "1"]
     worker += ["--host", "127.0.0.1", "--no-dashboard"] + (["--preload", str(preload)] if preload else [])
@@ -605,8 +611,17 @@ def deployment(folder: Path, env: dict[str, str] | None = None, preload: Path | 
         yield scheduler_file
     finally:
         for p in reversed(procs):
-            p.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
         for p in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            # A worker that ignores SIGTERM (e.g. while it reconnects) must not outlive the test.
+            while _group_members(p.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                time.sleep(0.05)
             p.wait(timeout=30)
 
 

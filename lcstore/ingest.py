@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from lcstore.io.ztf_products import (
     sniff_kind,
 )
 from lcstore.timing import StepTimer
+from lcstore.write import atomic_write_table
 
 #: Row column naming the ledger unit a staged row came from.
 UNIT_COLUMN = "_unit"
@@ -362,13 +362,6 @@ def _check_single_exposure(unit: pa.Table, path: str) -> None:
 # --------------------------------------------------------------------------- staging
 
 
-def _atomic_write(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 def batch_id(files: list[InputFile]) -> str:
     """Deterministic ID of a batch: the hash of its files' hashes."""
     return hashlib.sha256("".join(f.sha256 for f in files).encode()).hexdigest()[:20]
@@ -430,10 +423,10 @@ def stage_batch(kind: str, files: list[InputFile], store: str, work_order: int) 
             bounds = np.flatnonzero(np.diff(pixels)) + 1
             for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(pixels)], strict=True):
                 path = Path(store) / "staging" / kind / str(int(pixels[start])) / f"{batch}.parquet"
-                _atomic_write(table.slice(start, end - start), path)
+                atomic_write_table(table.slice(start, end - start), path)
         rows = table.num_rows
     # The ledger file is written last: it is what makes the batch's staging files count.
-    _atomic_write(
+    atomic_write_table(
         pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA), Path(store) / "ledger" / f"{batch}.parquet"
     )
     return BatchResult(batch, len(ledger), rows, len(files) - len(quarantined), quarantined, timer.seconds)

@@ -8,9 +8,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lcstore.errors import InputFileError
-from lcstore.ingest import EPOCHS, hash_file, read_ledger, read_units, stage_batch, validate_epochs
+from lcstore.ingest import (
+    EPOCHS,
+    hash_file,
+    read_files,
+    read_ledger,
+    read_units,
+    stage_batch,
+    validate_epochs,
+)
 
 
 @pytest.fixture
@@ -56,6 +66,77 @@ def test_broken_epoch_files_are_refused_with_file_and_reason(tmp_path, good_epoc
         read_units(EPOCHS, path)
     assert err.value.path == path
     assert path in str(err.value)
+
+
+def _outcome(result) -> tuple:
+    """What reading one file gave: its refusal, or its units' keys and rows."""
+    if isinstance(result, InputFileError):
+        return ("refused", result.path, result.reason)
+    return ("read", [(key, table.to_pylist()) for key, table in result])
+
+
+def _one_by_one(paths: list[str]) -> list[tuple]:
+    out = []
+    for path in paths:
+        try:
+            out.append(_outcome(read_units(EPOCHS, path)))
+        except InputFileError as err:
+            out.append(_outcome(err))
+    return out
+
+
+def test_files_read_together_as_one_by_one(tmp_path, good_epoch):
+    """Validating many files in one pass refuses exactly the files, for exactly the reasons,
+    that validating each on its own does, and reads the others identically."""
+    paths = []
+    for i, case in enumerate(sorted(BROKEN)):
+        good = good_epoch.assign(expid=good_epoch["expid"] + 1 + i)
+        paths.append(_write(good, tmp_path / f"good{i}.parquet"))
+        paths.append(_write(BROKEN[case][0](good_epoch.copy()), tmp_path / f"{case}.parquet"))
+    together = [_outcome(r) for r in read_files(EPOCHS, paths)]
+    assert together == _one_by_one(paths)
+    assert sum(o[0] == "refused" for o in together) == len(BROKEN)
+
+
+_MUTATIONS = {
+    "ra": [np.nan, np.inf, -1e-9, 360.0, 359.999, 0.0],
+    "dec": [np.nan, -np.inf, 90.0, 90.0001, -90.0],
+    "mjd": [np.nan, 0.0, 88069.0, 60000.5],
+    "expid": [0, 1],
+    "procversion": [2],
+    "field": [999],
+    "sourceid": [0, 1],
+    "programid": [0, 2, 4],
+    "filtercode": ["zr", "zi", "g"],
+}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    changes=st.lists(
+        st.tuples(
+            st.integers(0, 5),  # file
+            st.integers(0, 10_000),  # row (modulo the file's length)
+            st.sampled_from(sorted(_MUTATIONS)),
+            st.integers(0, 5),  # value (modulo the choices)
+        ),
+        max_size=6,
+    )
+)
+def test_screen_never_lets_through_what_validation_refuses(tmp_path_factory, good_epoch, changes):
+    frames = [good_epoch.assign(expid=good_epoch["expid"] + 10 * i) for i in range(6)]
+    for file, row, column, value in changes:
+        frame = frames[file]
+        choices = _MUTATIONS[column]
+        values = frame[column].to_numpy().copy()
+        if column == "sourceid":
+            values[row % len(values)] = values[choices[value % len(choices)] % len(values)]
+        else:
+            values[row % len(values)] = choices[value % len(choices)]
+        frames[file] = frame.assign(**{column: values})
+    folder = tmp_path_factory.mktemp("screen")
+    paths = [_write(frame, folder / f"f{i}.parquet") for i, frame in enumerate(frames)]
+    assert [_outcome(r) for r in read_files(EPOCHS, paths)] == _one_by_one(paths)
 
 
 def test_truncated_parquet_is_refused(tmp_path, good_epoch):

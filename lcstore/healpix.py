@@ -7,6 +7,8 @@ is about 0.4 milliarcseconds across, so it doubles as a stable, position-derived
 
 from __future__ import annotations
 
+import functools
+
 import cdshealpix.nested as cds
 import numpy as np
 from hats.pixel_math.healpix_shim import margin2order, order2mindist
@@ -17,6 +19,7 @@ __all__ = [
     "SPATIAL_INDEX_ORDER",
     "margin_order",
     "margin_pixels",
+    "margin_rows",
     "neighbour_pixels",
     "pixel_of",
     "spatial_index",
@@ -98,6 +101,44 @@ def margin_pixels(order: int, pixel: int, margin_arcsec: float) -> tuple[int, np
     edges, corners = cds.external_neighbours(np.array([pixel], dtype=np.uint64), order, fine - order)
     pixels = np.concatenate([edges[0], corners[0]])
     return fine, np.unique(pixels[pixels >= 0].astype(np.int64))
+
+
+@functools.lru_cache(maxsize=4096)
+def _band(order: int, pixel: int, margin_arcsec: float) -> tuple[int, np.ndarray]:
+    return margin_pixels(order, pixel, margin_arcsec)
+
+
+def margin_rows(index29: np.ndarray, order: int, pixel: int, margin_arcsec: float) -> dict[int, np.ndarray]:
+    """Which rows of one pixel lie in the margin band of each of its neighbours.
+
+    Parameters
+    ----------
+    index29 : numpy.ndarray
+        Sorted order-29 indices of rows that all lie inside ``pixel``.
+    order, pixel : int
+        The pixel.
+    margin_arcsec : float
+        Width of the margin band, arcseconds (as for :func:`margin_pixels`).
+
+    Returns
+    -------
+    dict
+        Neighbour pixel -> sorted positions in ``index29`` of the rows in its band, for
+        the neighbours that have any.
+    """
+    index29 = np.asarray(index29, dtype=np.int64)
+    out = {}
+    for nbr in neighbour_pixels(order, pixel):
+        fine, band = _band(order, int(nbr), margin_arcsec)
+        band = band[band >> (2 * (fine - order)) == pixel]  # the part of the band inside this pixel
+        shift = 2 * (SPATIAL_INDEX_ORDER - fine)
+        lo = np.searchsorted(index29, band << shift)
+        lengths = np.searchsorted(index29, (band + 1) << shift) - lo
+        lo, lengths = lo[lengths > 0], lengths[lengths > 0]
+        if len(lo):
+            # The concatenated ranges [lo, lo + length), without a Python loop.
+            out[int(nbr)] = np.repeat(lo - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+    return out
 
 
 def unit_vectors(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:

@@ -10,10 +10,16 @@ Staging is crash-safe: a batch writes its staging files first and its ledger fil
 each by write-then-rename. Readers only trust staging files whose batch has a ledger file,
 so a batch that died half-way is invisible and is simply redone.
 
+Rows near a work pixel's border are also filed, at ingest, under the neighbouring pixels
+whose margin band they lie in: a pixel's match then reads its own staging folders and no
+one else's.
+
 Store layout written here::
 
     STORE/staging/epochs/<work pixel>/<batch>.parquet
+    STORE/staging/epochs-margin/<work pixel>/<batch>.parquet   (rows of neighbours)
     STORE/staging/refs/<work pixel>/<batch>.parquet
+    STORE/staging/refs-margin/<work pixel>/<batch>.parquet
     STORE/ledger/<batch>.parquet
 """
 
@@ -38,7 +44,7 @@ import pyarrow.parquet as pq
 from lcstore import schema
 from lcstore.changes import cell_order
 from lcstore.errors import InputFileError, StoreError
-from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, spatial_index
+from lcstore.healpix import SPATIAL_INDEX_COLUMN, margin_rows, pixel_of, spatial_index
 from lcstore.io.ztf_products import (
     read_matchfile_epochs,
     read_matchfile_refs,
@@ -117,10 +123,13 @@ def discover(directory: str | Path) -> list[str]:
 
 def hash_file(path: str) -> InputFile:
     """SHA-256, size and modification time of one file."""
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
         stat = os.fstat(fh.fileno())
-        while chunk := fh.read(1 << 20):
+        digest = hashlib.sha256()
+        # 64 kB reads: Dask workers set MALLOC_TRIM_THRESHOLD_, which keeps glibc from
+        # raising its mmap threshold, so every buffer over 128 kB would cost an mmap and
+        # its page faults (5x the hashing time for small files).
+        while chunk := fh.read(1 << 16):
             digest.update(chunk)
     return InputFile(path=path, sha256=digest.hexdigest(), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
@@ -526,11 +535,15 @@ def _ledger_row(kind: str, key: tuple, table: pa.Table, f: InputFile, batch: str
     return row
 
 
-def stage_batch(kind: str, files: list[InputFile], store: str, work_order: int) -> BatchResult:
+def stage_batch(
+    kind: str, files: list[InputFile], store: str, work_order: int, margin_arcsec: float
+) -> BatchResult:
     """Ingest one batch of files into the store's staging area and ledger.
 
     Files that fail validation are quarantined (reported, not staged); the others are
-    staged. Safe to rerun after a crash: the batch ID is derived from its files.
+    staged, by work pixel of order ``work_order``, and the rows within ``margin_arcsec``
+    of a pixel's border also in the neighbour's margin staging. Safe to rerun after a
+    crash: the batch ID is derived from its files.
     """
     batch = batch_id(files)
     timer = StepTimer()
@@ -562,12 +575,21 @@ def stage_batch(kind: str, files: list[InputFile], store: str, work_order: int) 
                 row["cells"] = [int(c) for c in unit_cells[row["unit"]]]
             order = np.argsort(index, kind="stable")
             table = table.take(order)
-            pixels = pixel_of(index[order], work_order)
+            index = index[order]
+            pixels = pixel_of(index, work_order)
         with timer.step("shuffle-write"):
             bounds = np.flatnonzero(np.diff(pixels)) + 1
+            margins: dict[int, list[pa.Table]] = {}
             for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(pixels)], strict=True):
-                path = Path(store) / "staging" / kind / str(int(pixels[start])) / f"{batch}.parquet"
-                atomic_write_table(table.slice(start, end - start), path)
+                pixel = int(pixels[start])
+                rows = table.slice(start, end - start)
+                atomic_write_table(rows, staging_dir(store, kind, pixel) / f"{batch}.parquet")
+                band = margin_rows(index[start:end], work_order, pixel, margin_arcsec)
+                for nbr, positions in band.items():
+                    margins.setdefault(nbr, []).append(rows.take(positions))
+            for nbr, parts in margins.items():
+                path = staging_dir(store, kind, nbr, margin=True) / f"{batch}.parquet"
+                atomic_write_table(pa.concat_tables(parts), path)
         rows = table.num_rows
     # The ledger file is written last: it is what makes the batch's staging files count.
     atomic_write_table(
@@ -597,9 +619,16 @@ def read_ledger(store: str | Path) -> pd.DataFrame:
     return pa.concat_tables(tables).to_pandas()
 
 
-def staged_files(store: str | Path, kind: str, pixel: int, batches: set[str]) -> list[str]:
-    """Staging files of one work pixel that belong to committed batches."""
-    folder = Path(store) / "staging" / kind / str(pixel)
+def staging_dir(store: str | Path, kind: str, pixel: int, margin: bool = False) -> Path:
+    """Folder of one work pixel's staged rows of ``kind``, or of the rows in its margin."""
+    return Path(store) / "staging" / (f"{kind}-margin" if margin else kind) / str(pixel)
+
+
+def staged_files(
+    store: str | Path, kind: str, pixel: int, batches: set[str], margin: bool = False
+) -> list[str]:
+    """Staging files of one work pixel (or of its margin) that belong to committed batches."""
+    folder = staging_dir(store, kind, pixel, margin)
     if not folder.is_dir():
         return []
     return sorted(str(p) for p in folder.glob("*.parquet") if p.stem in batches)
@@ -613,8 +642,8 @@ def remove_uncommitted(store: str | Path) -> list[Path]:
     committed = {p.stem for p in (Path(store) / "ledger").glob("*.parquet")}
     stale = [
         f
-        for kind in (EPOCHS, REFS)
-        for f in (Path(store) / "staging" / kind).glob("*/*")
+        for folder in (EPOCHS, REFS, f"{EPOCHS}-margin", f"{REFS}-margin")
+        for f in (Path(store) / "staging" / folder).glob("*/*")
         if f.stem not in committed or f.name.startswith(".")
     ]
     stale += list((Path(store) / "ledger").glob(".*.tmp"))

@@ -35,7 +35,7 @@ from lcstore.associate import associate_references
 from lcstore.changes import cell_order
 from lcstore.crossmatch import nearest_within
 from lcstore.embargo import Cutoffs, eligible
-from lcstore.healpix import SPATIAL_INDEX_COLUMN, margin_pixels, neighbour_pixels, pixel_of, unit_vectors
+from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, unit_vectors
 from lcstore.index import histogram
 from lcstore.ingest import EPOCHS, REFS, UNIT_COLUMN, staged_files
 from lcstore.timing import StepTimer
@@ -207,14 +207,9 @@ def match_tables(
 def _read_with_margin(
     store: str, kind: str, pixel: int, batches: set[str], excluded: np.ndarray, params: MatchParams
 ) -> pa.Table | None:
-    """Staged rows of ``kind`` in the pixel and in the margin band of its neighbours."""
-    tables = [pq.read_table(f) for f in staged_files(store, kind, pixel, batches)]
-    fine_order, band = margin_pixels(params.work_order, pixel, params.margin_arcsec)
-    for nbr in neighbour_pixels(params.work_order, pixel):
-        for f in staged_files(store, kind, int(nbr), batches):
-            t = pq.read_table(f)
-            mask = np.isin(pixel_of(t.column(SPATIAL_INDEX_COLUMN).to_numpy(), fine_order), band)
-            tables.append(t.filter(pa.array(mask)))
+    """Staged rows of ``kind`` in the pixel and in its margin band (staged at ingest)."""
+    files = staged_files(store, kind, pixel, batches) + staged_files(store, kind, pixel, batches, margin=True)
+    tables = [pq.read_table(f) for f in files]
     if not tables:
         return None
     table = pa.concat_tables(tables, promote_options="permissive")

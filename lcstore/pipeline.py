@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from distributed import Client, LocalCluster
 from lcstore import schema
 from lcstore.changes import cell_order, dirty_pixels, fingerprints, partitions_to_rebuild
 from lcstore.embargo import Cutoffs, eligible
-from lcstore.errors import LcstoreError, ReleaseExistsError, StrictBuildError
+from lcstore.errors import LcstoreError, ReleaseExistsError, StoreError, StrictBuildError
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, spatial_index
 from lcstore.index import merge_histograms, plan_partitions
 from lcstore.ingest import (
@@ -80,8 +80,9 @@ class BuildConfig:
     release: str
     cutoffs: Cutoffs
     radius_arcsec: float = 1.5
+    # The next two are fixed when the store is created; later builds use the store's.
     margin_arcsec: float | None = None  # default: 6 x radius, at least 10"
-    work_order: int = DEFAULT_WORK_ORDER  # only used when the store is created
+    work_order: int = DEFAULT_WORK_ORDER
     detection_partition_rows: int = 2_000_000
     object_partition_rows: int = 1_000_000
     batch_bytes: int = 256 << 20  # input bytes per ingest task: fewer, larger staging files
@@ -223,6 +224,7 @@ def _ingest(
             batches,
             store=str(store.path),
             work_order=store.work_order,
+            margin_arcsec=config.margin,
             pure=False,
         )
         results: list[BatchResult] = client.gather(futures)
@@ -511,7 +513,9 @@ def build_release(config: BuildConfig, client: Client, say: Callable[[str], None
     """
     store = Store(config.store)
     with store.lock():
-        store.create(config.work_order)
+        store.create(config.work_order, config.margin)
+        store.check_format()
+        config = replace(config, margin_arcsec=_store_margin(config, store))
         leftovers = remove_stale_builds(store) + remove_uncommitted(store.path)
         for folder in (store.path / "staging", store.path / "ledger", store.path / "reports"):
             leftovers += remove_temporaries(folder)
@@ -530,6 +534,17 @@ def build_release(config: BuildConfig, client: Client, say: Callable[[str], None
         if store.release_dir(config.release).exists():
             raise ReleaseExistsError(f"release {config.release!r} is already published in {store.path}")
         return _build_locked(config, client, store, say)
+
+
+def _store_margin(config: BuildConfig, store: Store) -> float:
+    """The margin of the store's staging, if this build can use it (arcseconds)."""
+    margin = store.margin_arcsec
+    if config.margin_arcsec not in (None, margin) or config.margin > margin:
+        raise StoreError(
+            f'store {store.path} stages margins of {margin}" around its work pixels; a build with '
+            f'radius {config.radius_arcsec}" needs a margin of {config.margin}": build into a new store'
+        )
+    return margin
 
 
 def _build_locked(

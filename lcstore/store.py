@@ -2,7 +2,7 @@
 
 Layout::
 
-    STORE/store.json                 format version and the work-pixel order
+    STORE/store.json                 format version, work-pixel order and margin
     STORE/staging/, STORE/ledger/    ingested inputs (see lcstore.ingest)
     STORE/releases/<NAME>/           published releases, immutable
         release.json                 what the release is: cutoffs, parameters, counts
@@ -26,13 +26,17 @@ from pathlib import Path
 
 from lcstore.errors import ReleaseNotFoundError, StoreError, StoreLockedError
 
-FORMAT_VERSION = 1
+#: Version of the store's staging layout. 2: margins are staged at ingest.
+FORMAT_VERSION = 2
 
 #: What a release name may look like: it names a folder, and must stay inside the store.
 RELEASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 #: Default order of the work pixels (about 0.9 degrees across at order 6).
 DEFAULT_WORK_ORDER = 6
+
+#: Default width of the margin around each work pixel, arcseconds.
+DEFAULT_MARGIN = 10.0
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -72,18 +76,50 @@ class Store:
             )
         return json.loads(self.config_path.read_text())
 
-    def create(self, work_order: int = DEFAULT_WORK_ORDER) -> None:
-        """Create the store if needed; an existing store keeps its own settings."""
+    def create(self, work_order: int = DEFAULT_WORK_ORDER, margin_arcsec: float = DEFAULT_MARGIN) -> None:
+        """Create the store if needed; an existing store keeps its own settings.
+
+        Parameters
+        ----------
+        work_order : int
+            HEALPix order of the work pixels.
+        margin_arcsec : float
+            Width of the margin band around each work pixel, arcseconds: ingest stages
+            the rows in it alongside the pixel's own.
+        """
         if self.exists():
             return
-        write_text_atomic(
-            self.config_path,
-            json.dumps({"format_version": FORMAT_VERSION, "work_order": work_order}, indent=2),
-        )
+        settings = {
+            "format_version": FORMAT_VERSION,
+            "work_order": work_order,
+            "margin_arcsec": margin_arcsec,
+        }
+        write_text_atomic(self.config_path, json.dumps(settings, indent=2))
+
+    def check_format(self) -> None:
+        """Refuse to build in a store whose staging area this version cannot use.
+
+        Raises
+        ------
+        StoreError
+            If the store was made by another version of lcstore. Its releases stay
+            readable; builds need a new store.
+        """
+        found = self.config().get("format_version")
+        if found != FORMAT_VERSION:
+            raise StoreError(
+                f"store {self.path} has staging format {found}, this lcstore builds format "
+                f"{FORMAT_VERSION}; its releases stay readable, but build into a new store"
+            )
 
     @property
     def work_order(self) -> int:
         return int(self.config()["work_order"])
+
+    @property
+    def margin_arcsec(self) -> float:
+        """Width of the margin band staged around each work pixel, arcseconds."""
+        return float(self.config()["margin_arcsec"])
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

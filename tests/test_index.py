@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcstore.healpix import margin_pixels, pixel_of, spatial_index
+from lcstore.healpix import index_range, margin_pixels, margin_rows, neighbour_pixels, pixel_of, spatial_index
 from lcstore.index import (
     histogram,
     index_range_of_partitions,
@@ -60,3 +60,34 @@ def test_margin_band_contains_every_nearby_outside_point():
     in_band = np.isin(pixel_of(idx[outside], fine), band)
     assert near.sum() > 100
     assert in_band[near].all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    lon=st.floats(0, 360, exclude_max=True),
+    lat=st.floats(-89.9, 89.9),
+    order=st.integers(3, 8),
+    margin=st.sampled_from([5.0, 10.0, 30.0]),
+)
+def test_margin_rows_are_the_rows_in_each_neighbours_band(lon, lat, order, margin):
+    """Cutting a pixel's rows into its neighbours' margins at ingest gives exactly the rows
+    each neighbour would find by filtering this pixel's rows with its own band."""
+    rng = np.random.default_rng(0)
+    pixel = int(pixel_of(spatial_index([lon], [lat]), order)[0])
+    lo, hi = index_range(order, pixel)
+    # Random rows inside the pixel, plus rows on the first and last index of every band
+    # pixel inside it, and just outside those.
+    edges = [rng.integers(lo, hi, 20_000)]
+    for nbr in neighbour_pixels(order, pixel):
+        fine, band = margin_pixels(order, int(nbr), margin)
+        shift = 2 * (29 - fine)
+        band = band[band >> (2 * (fine - order)) == pixel]
+        edges += [band << shift, ((band + 1) << shift) - 1, (band << shift) - 1, (band + 1) << shift]
+    idx = np.concatenate(edges)
+    idx = np.sort(idx[(idx >= lo) & (idx < hi)])
+    rows = margin_rows(idx, order, pixel, margin)
+    for nbr in neighbour_pixels(order, pixel):
+        fine, band = margin_pixels(order, int(nbr), margin)
+        expected = np.flatnonzero(np.isin(pixel_of(idx, fine), band))
+        assert rows.get(int(nbr), np.zeros(0, dtype=np.int64)).tolist() == expected.tolist()
+    assert set(rows) <= {int(n) for n in neighbour_pixels(order, pixel)}

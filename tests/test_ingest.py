@@ -165,7 +165,9 @@ def test_stage_batch_quarantines_bad_files_and_stages_the_rest(tmp_path, good_ep
     good = _write(good_epoch, tmp_path / "good.parquet")
     bad = _write(good_epoch.drop(columns=["mag"]), tmp_path / "bad.parquet")
     store = tmp_path / "store"
-    result = stage_batch(EPOCHS, [hash_file(good), hash_file(bad)], str(store), work_order=6)
+    result = stage_batch(
+        EPOCHS, [hash_file(good), hash_file(bad)], str(store), work_order=6, margin_arcsec=10.0
+    )
     assert result.files == 1 and result.rows == len(good_epoch)
     assert [q.path for q in result.quarantined] == [bad]
     assert "mag" in result.quarantined[0].reason
@@ -180,7 +182,7 @@ def test_batch_without_ledger_file_is_invisible(tmp_path, good_epoch):
 
     good = _write(good_epoch, tmp_path / "good.parquet")
     store = tmp_path / "store"
-    result = stage_batch(EPOCHS, [hash_file(good)], str(store), work_order=6)
+    result = stage_batch(EPOCHS, [hash_file(good)], str(store), work_order=6, margin_arcsec=10.0)
     shutil.rmtree(store / "ledger")
     assert read_ledger(store).empty
     pixel = staged_pixels(store, EPOCHS)[0]

@@ -7,6 +7,7 @@ how the sky is partitioned.
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pandas as pd
@@ -14,8 +15,9 @@ import pyarrow.dataset as pds
 import pytest
 from hats.io.validation import is_valid_catalog
 
+import lcstore
 from lcstore.embargo import Cutoffs, eligible, parse_date
-from lcstore.errors import ReleaseExistsError
+from lcstore.errors import ReleaseExistsError, StoreError
 from lcstore.simulate import PRESETS, load_truth, simulate
 
 KEY = ["expid", "ccdid", "qid", "sourceid", "procversion"]
@@ -212,3 +214,29 @@ def test_temporaries_of_killed_writers_are_removed(tmp_path, build, tiny_survey)
     build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR2")
     assert not any(path.exists() for path in orphans)
     assert not list((store / "releases").rglob(".*.tmp"))
+
+
+def test_store_keeps_its_margin_and_refuses_a_build_that_needs_more(tmp_path, build, tiny_survey):
+    store = tmp_path / "store"
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1", margin_arcsec=12.0)
+    assert json.loads((store / "store.json").read_text())["margin_arcsec"] == 12.0
+    # A narrower radius fits in the staged margin, and uses it.
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR2", radius_arcsec=1.0)
+    assert json.loads((store / "releases" / "DR2" / "release.json").read_text())["margin_arcsec"] == 12.0
+    with pytest.raises(StoreError, match=r"needs a margin of 18.0.*new store"):
+        build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR3", radius_arcsec=3.0)
+    with pytest.raises(StoreError, match=r"stages margins of 12.0"):
+        build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR3", margin_arcsec=20.0)
+    assert sorted(p.name for p in (store / "releases").iterdir()) == ["DR1", "DR2"]
+
+
+def test_store_of_another_staging_format_is_refused_for_builds_but_stays_readable(
+    tmp_path, build, tiny_survey
+):
+    store = tmp_path / "store"
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1")
+    settings = json.loads((store / "store.json").read_text())
+    (store / "store.json").write_text(json.dumps(settings | {"format_version": 1}))
+    with pytest.raises(StoreError, match=r"staging format 1.*build into a new store"):
+        build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR2")
+    assert lcstore.open(store).sql("SELECT count(*) AS n FROM detections")["n"][0] > 0

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -177,22 +178,25 @@ def _hash_files(client: Client, paths: list[str]) -> list[InputFile]:
 
 
 def _batches(files: list[InputFile], max_bytes: int, workers: int) -> list[list[InputFile]]:
-    """Consecutive runs of files of at most ``max_bytes``, and at least two per worker.
+    """Consecutive runs of files of about equal bytes, at most ``max_bytes`` each (unless a
+    single file is larger), at least two per worker and a multiple of the worker count, so
+    that the workers finish together.
 
     Each batch writes one staging file per work pixel it touches, so larger batches mean
     fewer, larger staging files for the match step to read.
     """
-    total = sum(f.size for f in files)
-    limit = max(1, min(max_bytes, total // max(1, 2 * workers)))
-    batches: list[list[InputFile]] = []
-    size = 0
-    for f in files:
-        if not batches or size + f.size > limit:
-            batches.append([])
-            size = 0
-        batches[-1].append(f)
-        size += f.size
-    return batches
+    if not files:
+        return []
+    sizes = np.array([f.size for f in files], dtype=np.float64)
+    total = max(sizes.sum(), 1.0)
+    count = max(2 * workers, math.ceil(total / max_bytes))
+    count = math.ceil(count / max(workers, 1)) * max(workers, 1)
+    # A file goes to the batch its first byte falls in.
+    which = np.minimum((np.cumsum(sizes) - sizes) * count // total, count - 1).astype(int)
+    batches: list[list[InputFile]] = [[] for _ in range(count)]
+    for f, b in zip(files, which, strict=True):
+        batches[b].append(f)
+    return [b for b in batches if b]
 
 
 def _ingest(

@@ -14,6 +14,8 @@ import pandas as pd
 import pyarrow.dataset as pds
 import pytest
 from hats.io.validation import is_valid_catalog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lcstore
 from lcstore.embargo import Cutoffs, eligible, parse_date
@@ -240,3 +242,22 @@ def test_store_of_another_staging_format_is_refused_for_builds_but_stays_readabl
     with pytest.raises(StoreError, match=r"staging format 1.*build into a new store"):
         build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR2")
     assert lcstore.open(store).sql("SELECT count(*) AS n FROM detections")["n"][0] > 0
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 1000), min_size=1, max_size=300),
+    max_bytes=st.integers(1, 5000),
+    workers=st.integers(1, 5),
+)
+def test_ingest_batches_keep_order_and_balance(sizes, max_bytes, workers):
+    from lcstore.ingest import InputFile
+    from lcstore.pipeline import _batches
+
+    files = [InputFile(f"f{i}", f"{i:064x}", size, 0) for i, size in enumerate(sizes)]
+    batches = _batches(files, max_bytes, workers)
+    assert [f for b in batches for f in b] == files
+    if len(files) >= 2 * workers and min(sizes) * 2 * workers <= sum(sizes) // 3:
+        assert len(batches) >= workers
+    limit = max(max_bytes, max(sizes))
+    assert all(sum(f.size for f in b) <= 2 * limit for b in batches)

@@ -134,6 +134,20 @@ def hash_file(path: str) -> InputFile:
     return InputFile(path=path, sha256=digest.hexdigest(), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
 
 
+def hash_files(paths: list[str]) -> pd.DataFrame:
+    """:func:`hash_file` of many files, as one frame with the fields of :class:`InputFile`
+    (a frame travels between Dask processes far faster than a list of objects)."""
+    files = [hash_file(p) for p in paths]
+    return pd.DataFrame(
+        {
+            "path": [f.path for f in files],
+            "sha256": [f.sha256 for f in files],
+            "size": np.array([f.size for f in files], dtype=np.int64),
+            "mtime_ns": np.array([f.mtime_ns for f in files], dtype=np.int64),
+        }
+    )
+
+
 def file_signature(path: str) -> tuple[str, int, int]:
     """(path, size, mtime) of a file: a file with the signature of a ledger entry is
     taken as already ingested without reading it, as rsync does."""

@@ -41,7 +41,7 @@ from lcstore.ingest import (
     Quarantined,
     discover,
     file_signature,
-    hash_file,
+    hash_files,
     read_ledger,
     remove_uncommitted,
     stage_batch,
@@ -58,7 +58,7 @@ from lcstore.publish import (
 )
 from lcstore.store import DEFAULT_WORK_ORDER, FORMAT_VERSION, Store
 from lcstore.supersede import select_units
-from lcstore.timing import add_seconds
+from lcstore.timing import StepTimer, add_seconds
 from lcstore.verify import write_checksums
 from lcstore.write import (
     PartitionSources,
@@ -172,9 +172,15 @@ def _stage(report: BuildReport, name: str, say: Callable[[str], None]) -> Iterat
 
 
 def _hash_files(client: Client, paths: list[str]) -> list[InputFile]:
-    chunks = [paths[i : i + 256] for i in range(0, len(paths), 256)]
-    results = client.gather(client.map(lambda c: [hash_file(p) for p in c], chunks, pure=False))
-    return [f for chunk in results for f in chunk]
+    chunks = [paths[i : i + 4096] for i in range(0, len(paths), 4096)]
+    frames = client.gather(client.map(hash_files, chunks, pure=False))
+    if not frames:
+        return []
+    table = pd.concat(frames, ignore_index=True)
+    return [
+        InputFile(path, sha256, int(size), int(mtime_ns))
+        for path, sha256, size, mtime_ns in table.itertuples(index=False)
+    ]
 
 
 def _batches(files: list[InputFile], max_bytes: int, workers: int) -> list[list[InputFile]]:
@@ -206,12 +212,15 @@ def _ingest(
     known = set(ledger["sha256"])
     signatures = set(zip(ledger["path"], ledger["size"], ledger["mtime_ns"], strict=True))
     for kind, folder in ((EPOCHS, config.epochs_dir), (REFS, config.refs_dir)):
-        paths = discover(folder)
-        report.files_seen += len(paths)
-        # Files unchanged since they were ingested are not read again.
-        unseen = [p for p in paths if file_signature(p) not in signatures]
-        report.files_already_ingested += len(paths) - len(unseen)
-        files = _hash_files(client, unseen)
+        timer = StepTimer()
+        with timer.step("listing"):
+            paths = discover(folder)
+            report.files_seen += len(paths)
+            # Files unchanged since they were ingested are not read again.
+            unseen = [p for p in paths if file_signature(p) not in signatures]
+            report.files_already_ingested += len(paths) - len(unseen)
+        with timer.step("hashing"):
+            files = _hash_files(client, unseen)
         fresh: dict[str, InputFile] = {}
         for f in files:
             if f.sha256 in known:
@@ -222,23 +231,25 @@ def _ingest(
             else:
                 fresh[f.sha256] = f
         batches = _batches(list(fresh.values()), config.batch_bytes, len(client.scheduler_info()["workers"]))
-        futures = client.map(
-            stage_batch,
-            [kind] * len(batches),
-            batches,
-            store=str(store.path),
-            work_order=store.work_order,
-            margin_arcsec=config.margin,
-            pure=False,
-        )
-        results: list[BatchResult] = client.gather(futures)
+        with timer.step("staging"):
+            futures = client.map(
+                stage_batch,
+                [kind] * len(batches),
+                batches,
+                store=str(store.path),
+                work_order=store.work_order,
+                margin_arcsec=config.margin,
+                pure=False,
+            )
+            results: list[BatchResult] = client.gather(futures)
         for r in results:
             report.files_ingested += r.files
             report.quarantined += [asdict(q) for q in r.quarantined]
             add_seconds(report.task_seconds, {f"ingest {k}": v for k, v in r.seconds.items()})
+        took = ", ".join(f"{step} {seconds:.1f}s" for step, seconds in timer.seconds.items())
         say(
             f"  {kind}: {len(paths):,} files, {sum(r.files for r in results):,} newly ingested "
-            f"({sum(r.rows for r in results):,} rows)"
+            f"({sum(r.rows for r in results):,} rows; {took})"
         )
 
 

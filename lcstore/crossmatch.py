@@ -4,15 +4,18 @@ Positions are unit vectors on the sphere and separations are chords between them
 answer is exact everywhere: at the poles, across RA = 0/360 and across any partition
 boundary (the caller supplies margins).
 
-The search needs no tree and no sort of the queries, though queries in spatial order
-(as the pipeline's, sorted by ``_healpix_29``) run several times faster, since the
-targets they read then stay in cache. Targets are bucketed into square
-*columns* of a 2-D grid over two of the three Cartesian axes, those across the data's
-dominant direction, so a column pierces the sphere near the data in one small patch.
-The grid's cell is at least twice the search chord, so a query's match lies in its own
-column or in the neighbours on the near side of its cell: 2 x 2 columns, which are two
-contiguous runs of the targets, counting-sorted by column. Grid cells grow when the data
-spread wide, which keeps the table small and never affects exactness.
+Targets are bucketed into square *columns* of a 2-D grid over two of the three
+Cartesian axes, those across the data's dominant direction, so a column pierces the
+sphere near the data in one small patch. The grid's cell is at least twice the search
+chord, so a query's match lies in its own column or in the neighbours on the near side
+of its cell: 2 x 2 columns, which are two contiguous runs of the targets, counting-sorted
+by column. Grid cells grow when the data spread wide, which keeps the table small and
+never affects exactness.
+
+Queries are counting-sorted too, by blocks of adjacent columns, and answered in that
+order, so that the targets and grid entries one block reads stay in cache: in random
+order every query would wait on main memory (three times slower over 5 million). Each
+step is one pass over contiguous arrays; no tree, no comparison sort.
 
 Pure numpy + numba; no I/O, no Dask.
 """
@@ -26,6 +29,9 @@ ARCSEC_PER_RADIAN = 180.0 * 3600.0 / np.pi
 
 #: Most columns in the grid; beyond it the cells grow (more candidates, same answers).
 MAX_COLUMNS = 1 << 22
+
+#: Adjacent columns whose queries are answered together: their targets fit in L2 cache.
+QUERY_BLOCK = 1024
 
 
 def chord_of(radius_arcsec: float) -> float:
@@ -46,22 +52,45 @@ def _column_of(u: float, v: float, u0: float, v0: float, cell: float, nu: int, n
 
 
 @numba.njit(cache=True)
-def _bucket(txyz, a_u, a_v, u0, v0, cell, nu, nv):
-    """Counting sort of the targets by column: (start offsets, target order)."""
-    m = txyz.shape[0]
-    col = np.empty(m, dtype=np.int64)
-    counts = np.zeros(nu * nv + 1, dtype=np.int64)
+def _bounds(xyz):
+    """Per-axis minimum, maximum and sum of points, in one pass."""
+    lo = np.full(3, np.inf)
+    hi = np.full(3, -np.inf)
+    total = np.zeros(3)
+    for j in range(xyz.shape[0]):
+        for a in range(3):
+            lo[a] = min(lo[a], xyz[j, a])
+            hi[a] = max(hi[a], xyz[j, a])
+            total[a] += xyz[j, a]
+    return lo, hi, total
+
+
+@numba.njit(cache=True)
+def _bucket(xyz, a_u, a_v, u0, v0, cell, nu, nv, block):
+    """Counting sort of points by block of ``block`` adjacent columns.
+
+    Returns the start offset of each block's points (and one past the last), the
+    points' original positions in sorted order, and the sorted points.
+    """
+    m = xyz.shape[0]
+    key = np.empty(m, dtype=np.int64)
+    counts = np.zeros((nu * nv + block - 1) // block + 1, dtype=np.int64)
     for j in range(m):
-        iu, iv = _column_of(txyz[j, a_u], txyz[j, a_v], u0, v0, cell, nu, nv)
-        col[j] = iu * nv + iv
-        counts[col[j] + 1] += 1
+        iu, iv = _column_of(xyz[j, a_u], xyz[j, a_v], u0, v0, cell, nu, nv)
+        key[j] = (iu * nv + iv) // block
+        counts[key[j] + 1] += 1
     start = np.cumsum(counts)
     fill = start[:-1].copy()
     order = np.empty(m, dtype=np.int64)
+    out = np.empty((m, 3))
     for j in range(m):
-        order[fill[col[j]]] = j
-        fill[col[j]] += 1
-    return start, order
+        k = fill[key[j]]
+        fill[key[j]] += 1
+        order[k] = j
+        out[k, 0] = xyz[j, 0]
+        out[k, 1] = xyz[j, 1]
+        out[k, 2] = xyz[j, 2]
+    return start, order, out
 
 
 @numba.njit(cache=True)
@@ -77,30 +106,34 @@ def _span(f: float) -> tuple:
 
 
 @numba.njit(cache=True)
-def _nearest(qxyz, txyz, start, order, a_u, a_v, u0, v0, cell, nu, nv, chord2):
+def _nearest(qxyz, qorder, txyz, start, torder, a_u, a_v, u0, v0, cell, nu, nv, chord2):
+    """Nearest target of each query; queries ``qxyz`` and targets ``txyz`` come in block
+    and column order, ``qorder`` and ``torder`` give their original positions."""
     n = qxyz.shape[0]
-    best = np.full(n, -1, dtype=np.int64)
-    best_d2 = np.full(n, np.inf)
-    for i in range(n):
-        cu_lo, cu_hi = _span((qxyz[i, a_u] - u0) / cell)
-        cv_lo, cv_hi = _span((qxyz[i, a_v] - v0) / cell)
+    best = np.empty(n, dtype=np.int64)
+    best_d2 = np.empty(n)
+    for k in range(n):
+        q0, q1, q2 = qxyz[k, 0], qxyz[k, 1], qxyz[k, 2]
+        found, found_d2 = -1, np.inf
+        cu_lo, cu_hi = _span((qxyz[k, a_u] - u0) / cell)
+        cv_lo, cv_hi = _span((qxyz[k, a_v] - v0) / cell)
         cv_lo, cv_hi = max(cv_lo, 0), min(cv_hi, nv - 1)
-        if cv_lo > cv_hi:
-            continue
+        if cv_lo > cv_hi:  # beside the grid: no target near
+            cu_hi = cu_lo - 1
         for cu in range(max(cu_lo, 0), min(cu_hi, nu - 1) + 1):
             # Columns (cu, cv_lo..cv_hi) are adjacent in memory: one run of targets.
             for s in range(start[cu * nv + cv_lo], start[cu * nv + cv_hi + 1]):
-                # txyz is in column order: the scan reads memory in sequence.
-                d0 = qxyz[i, 0] - txyz[s, 0]
-                d1 = qxyz[i, 1] - txyz[s, 1]
-                d2 = qxyz[i, 2] - txyz[s, 2]
+                d0 = q0 - txyz[s, 0]
+                d1 = q1 - txyz[s, 1]
+                d2 = q2 - txyz[s, 2]
                 d = d0 * d0 + d1 * d1 + d2 * d2
-                if d <= chord2 and d <= best_d2[i]:
-                    j = order[s]
+                if d <= chord2 and d <= found_d2:
+                    j = torder[s]
                     # Ties go to the lower target index so results never depend on order.
-                    if d < best_d2[i] or j < best[i]:
-                        best_d2[i] = d
-                        best[i] = j
+                    if d < found_d2 or j < found:
+                        found, found_d2 = j, d
+        best[qorder[k]] = found
+        best_d2[qorder[k]] = found_d2
     return best, best_d2
 
 
@@ -132,10 +165,9 @@ def nearest_within(
         return np.full(len(query_xyz), -1, dtype=np.int64), np.full(len(query_xyz), np.nan)
     chord = chord_of(radius_arcsec)
     # Columns run along the axis the data face most; the grid spans the other two.
-    axis = int(np.argmax(np.abs(target_xyz.mean(axis=0))))
+    lo, hi, total = _bounds(target_xyz)
+    axis = int(np.argmax(np.abs(total)))
     a_u, a_v = [a for a in range(3) if a != axis]
-    lo = target_xyz.min(axis=0)
-    hi = target_xyz.max(axis=0)
     extent = max(hi[a_u] - lo[a_u], hi[a_v] - lo[a_v], chord)
     # About as many columns as targets (a few per column), and never more than MAX_COLUMNS:
     # the table stays small for small target sets, which association calls often.
@@ -143,13 +175,13 @@ def nearest_within(
     cell = max(2.0 * chord, extent / np.sqrt(columns)) * (1.0 + 1e-9)
     nu = int((hi[a_u] - lo[a_u]) / cell) + 1
     nv = int((hi[a_v] - lo[a_v]) / cell) + 1
-    start, order = _bucket(target_xyz, a_u, a_v, lo[a_u], lo[a_v], cell, nu, nv)
+    grid = (a_u, a_v, lo[a_u], lo[a_v], cell, nu, nv)
+    start, torder, targets = _bucket(target_xyz, *grid, 1)
+    _, qorder, queries = _bucket(query_xyz, *grid, QUERY_BLOCK)
     # The radius is padded by a relative 1e-12 so a target at exactly the radius matches
     # despite rounding in the chord.
     chord2 = (chord * (1.0 + 1e-12)) ** 2
-    best, best_d2 = _nearest(
-        query_xyz, target_xyz[order], start, order, a_u, a_v, lo[a_u], lo[a_v], cell, nu, nv, chord2
-    )
+    best, best_d2 = _nearest(queries, qorder, targets, start, torder, *grid, chord2)
     sep = np.where(best >= 0, arcsec_of_chord(np.sqrt(best_d2)), np.nan)
     return best, sep
 

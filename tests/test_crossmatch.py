@@ -1,10 +1,11 @@
 """The matching kernel against brute force, everywhere on the sphere."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcstore.crossmatch import arcsec_of_chord, mutual_nearest, nearest_within
+from lcstore.crossmatch import arcsec_of_chord, chord_of, mutual_nearest, nearest_within
 from lcstore.healpix import unit_vectors
 
 
@@ -33,11 +34,13 @@ def scatter(rng, ra0, dec0, n, spread_arcsec):
     dec0=st.sampled_from([90.0, -90.0, 89.9995, 0.0]) | st.floats(-90, 90),
     radius=st.floats(0.3, 5.0),
     seed=st.integers(0, 2**32 - 1),
+    query_spread=st.sampled_from([20.0, 300.0]),  # 300": many queries far beside the targets
+    n_queries=st.sampled_from([80, 3000]),  # 3000: queries in several blocks of the grid
 )
-def test_nearest_within_equals_brute_force(ra0, dec0, radius, seed):
+def test_nearest_within_equals_brute_force(ra0, dec0, radius, seed, query_spread, n_queries):
     rng = np.random.default_rng(seed)
     tra, tdec = scatter(rng, ra0, dec0, 60, 20.0)
-    qra, qdec = scatter(rng, ra0, dec0, 80, 20.0)
+    qra, qdec = scatter(rng, ra0, dec0, n_queries, query_spread)
     q, t = unit_vectors(qra, qdec), unit_vectors(tra, tdec)
     idx, sep = nearest_within(q, t, radius)
     want, want_sep = brute_nearest(q, t, radius)
@@ -79,3 +82,23 @@ def test_mutual_nearest_is_one_to_one():
     for i, j in enumerate(pairs):
         if j >= 0:
             assert back[j] == i
+
+
+@pytest.mark.parametrize("ra0, dec0", [(150.0, 20.0), (0.2, -30.0), (45.0, 89.7)])
+def test_many_blocks_of_queries_agree_with_a_kd_tree(ra0, dec0):
+    """Thousands of grid columns, so queries are answered block by block, in an order
+    unrelated to theirs; the answers must be those of scipy's cKDTree, query by query."""
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(7)
+    tra, tdec = scatter(rng, ra0, dec0, 20_000, 1800.0)
+    pick = rng.integers(0, len(tra), 30_000)
+    q = unit_vectors(tra[pick], tdec[pick]) + rng.normal(0, 2e-6, (30_000, 3))  # ~0.4" scatter
+    q = np.vstack([q, unit_vectors(*scatter(rng, ra0, dec0, 5_000, 3600.0))])  # and some beside
+    q /= np.linalg.norm(q, axis=1)[:, None]
+    t = unit_vectors(tra, tdec)
+    idx, _ = nearest_within(q, t, 1.5)
+    dist, want = cKDTree(t).query(q, distance_upper_bound=chord_of(1.5))
+    want = np.where(np.isfinite(dist), want, -1)
+    assert (idx >= 0).sum() > 20_000
+    assert (idx == want).all()

@@ -22,6 +22,7 @@ __all__ = [
     "margin_rows",
     "neighbour_pixels",
     "pixel_of",
+    "runs",
     "spatial_index",
     "unit_vectors",
 ]
@@ -50,6 +51,14 @@ def spatial_index(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
 def pixel_of(index29: np.ndarray | int, order: int) -> np.ndarray | int:
     """The order-``order`` pixel that contains each order-29 index."""
     return np.asarray(index29, dtype=np.int64) >> (2 * (SPATIAL_INDEX_ORDER - order))
+
+
+def runs(pixels: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, end)`` of each run of equal values in a sorted array of pixels."""
+    if len(pixels) == 0:
+        return []
+    bounds = np.flatnonzero(np.diff(pixels)) + 1
+    return list(zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(pixels)].tolist(), strict=True))
 
 
 def index_range(order: int, pixel: int) -> tuple[int, int]:

@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from lcstore import schema
 from lcstore.changes import cell_order
 from lcstore.errors import InputFileError, StoreError
-from lcstore.healpix import SPATIAL_INDEX_COLUMN, margin_rows, pixel_of, spatial_index
+from lcstore.healpix import SPATIAL_INDEX_COLUMN, margin_rows, pixel_of, runs, spatial_index
 from lcstore.io.ztf_products import (
     read_matchfile_epochs,
     read_matchfile_refs,
@@ -592,9 +592,8 @@ def stage_batch(
             index = index[order]
             pixels = pixel_of(index, work_order)
         with timer.step("shuffle-write"):
-            bounds = np.flatnonzero(np.diff(pixels)) + 1
             margins: dict[int, list[pa.Table]] = {}
-            for start, end in zip(np.r_[0, bounds], np.r_[bounds, len(pixels)], strict=True):
+            for start, end in runs(pixels):
                 pixel = int(pixels[start])
                 rows = table.slice(start, end - start)
                 atomic_write_table(rows, staging_dir(store, kind, pixel) / f"{batch}.parquet")

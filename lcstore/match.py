@@ -35,7 +35,7 @@ from lcstore.associate import associate_references
 from lcstore.changes import cell_order
 from lcstore.crossmatch import nearest_within
 from lcstore.embargo import Cutoffs, eligible
-from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, unit_vectors
+from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, runs, unit_vectors
 from lcstore.index import histogram
 from lcstore.ingest import EPOCHS, REFS, UNIT_COLUMN, staged_files
 from lcstore.timing import StepTimer
@@ -44,6 +44,9 @@ from lcstore.write import atomic_write_table
 
 #: Order of the row-count histograms the match step returns for partition planning.
 HISTOGRAM_ORDER = 12
+
+#: Rows per row group of the detections the match step writes for the write step.
+OUTPUT_ROW_GROUP_ROWS = 20_000
 
 REFMAP_COLUMNS = ["ztf_oid", "field", "ccdid", "qid", "filtercode", "refsid", "ra", "dec", "objectid"]
 
@@ -255,10 +258,13 @@ def match_pixel(
     work = Path(work_dir)
     out = result.detections
     with timer.step("write"):
+        # Sorted by object position, in row groups: the write step reads each partition's
+        # share of an owner's file by row-group statistics, not the whole file.
+        out = out.sort_by(SPATIAL_INDEX_COLUMN)
         owners = pixel_of(out.column(SPATIAL_INDEX_COLUMN).to_numpy(), params.work_order)
-        for owner in np.unique(owners):
-            path = work / "detections" / str(int(owner)) / f"{pixel}.parquet"
-            atomic_write_table(out.filter(pa.array(owners == owner)), path)
+        for start, end in runs(owners):
+            path = work / "detections" / str(int(owners[start])) / f"{pixel}.parquet"
+            atomic_write_table(out.slice(start, end - start), path, row_group_size=OUTPUT_ROW_GROUP_ROWS)
         objects = pa.Table.from_pandas(result.objects, preserve_index=False)
         atomic_write_table(objects, work / "objects" / f"{pixel}.parquet")
         atomic_write_table(

@@ -101,10 +101,14 @@ def _fresh_rows(sources: PartitionSources, kind: str, order: int, pixel: int) ->
         else:
             files = [folder / f"{owner}.parquet"] if owner in sources.rematched else []
         for f in files:
-            t = pq.read_table(f)
-            idx = t.column(SPATIAL_INDEX_COLUMN).to_numpy()
-            tables.append(t.filter(pa.array((idx >= lo) & (idx < hi))))
+            tables.append(pq.read_table(f, filters=_in_range(lo, hi)))
     return tables
+
+
+def _in_range(lo: int, hi: int) -> list[tuple]:
+    """Parquet filter for rows with ``lo <= _healpix_29 < hi``; it skips row groups by their
+    statistics."""
+    return [(SPATIAL_INDEX_COLUMN, ">=", lo), (SPATIAL_INDEX_COLUMN, "<", hi)]
 
 
 def _kept_rows(
@@ -118,7 +122,7 @@ def _kept_rows(
     tables = []
     for part in overlapping(list(sources.previous_parts), order, pixel):
         path = paths.pixel_catalog_file(sources.previous_dir, HealpixPixel(*part))
-        t = pq.read_table(path, filters=[(SPATIAL_INDEX_COLUMN, ">=", lo), (SPATIAL_INDEX_COLUMN, "<", hi)])
+        t = pq.read_table(path, filters=_in_range(lo, hi))
         keep = ~np.isin(pixel_of(emitter_of(t), sources.work_order), rematched)
         tables.append(t.filter(pa.array(keep)))
     return tables
@@ -212,9 +216,7 @@ def _statistics_in(detections_dir: str, detection_parts: list[tuple[int, int]], 
     frames = []
     for part in overlapping(detection_parts, order, pixel):
         path = paths.pixel_catalog_file(detections_dir, HealpixPixel(*part))
-        table = pq.read_table(
-            path, columns=columns, filters=[(SPATIAL_INDEX_COLUMN, ">=", lo), (SPATIAL_INDEX_COLUMN, "<", hi)]
-        )
+        table = pq.read_table(path, columns=columns, filters=_in_range(lo, hi))
         frames.append(table.to_pandas())
     if not frames:
         return object_statistics(pd.DataFrame({c: pd.Series(dtype=float) for c in columns}))

@@ -31,6 +31,7 @@ from lcstore.verify import (
     verify_store,
     write_checksums,
 )
+from lcstore.write import ROW_GROUP_ROWS, atomic_write_table
 
 SMALL = {"detection_partition_rows": 200, "object_partition_rows": 60}
 
@@ -54,10 +55,10 @@ def found(report, check: str) -> list[Finding]:
 
 
 def replace_table(path: Path, table: pa.Table) -> None:
-    """Write a new file in place of ``path`` (a new inode: a hard-linked twin keeps the old data)."""
-    tmp = path.with_name(path.name + ".new")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    """Write a new file in place of ``path``, as lcstore writes them (a new inode: a
+    hard-linked twin keeps the old data)."""
+    path.unlink()
+    atomic_write_table(table, path, row_group_size=ROW_GROUP_ROWS)
 
 
 def refresh_checksum(release: Path, path: Path) -> None:

@@ -345,8 +345,12 @@ def read_files(kind: str, paths: list[str]) -> list[list[tuple[tuple, pa.Table]]
     """
     results: list = [None] * len(paths)
     together = [i for i, path in enumerate(paths) if kind == EPOCHS and sniff_kind(path) == "parquet"]
-    for i, result in zip(together, read_epoch_parquets([paths[i] for i in together]), strict=True):
-        results[i] = result
+    # In chunks: a small table read from a file costs some 60 kB besides its rows, which
+    # would add up over a whole batch; the chunk's rows end up in one table.
+    for first in range(0, len(together), TOGETHER):
+        chunk = together[first : first + TOGETHER]
+        for i, result in zip(chunk, read_epoch_parquets([paths[i] for i in chunk]), strict=True):
+            results[i] = result
     for i, path in enumerate(paths):
         if results[i] is None:
             try:
@@ -398,6 +402,9 @@ def _unit_keys(table: pa.Table, rows: list[int] | np.ndarray) -> list[tuple]:
     keys = table.select(_EPOCH_UNIT_KEY).take(pa.array(rows, type=pa.int64())).to_pylist()
     return [tuple(k[c] for c in _EPOCH_UNIT_KEY) for k in keys]
 
+
+#: Parquet epochal files validated together in one pass.
+TOGETHER = 1024
 
 #: Columns that must be single-valued in a Parquet epochal file (one exposure-quadrant).
 _SINGLE_VALUED = [*_EPOCH_UNIT_KEY, "mjd", "programid", "field", "filtercode"]
@@ -477,12 +484,15 @@ def read_epoch_parquets(paths: list[str]) -> list[list[tuple[tuple, pa.Table]] |
             results[i] = err
             continue
         groups.setdefault(_layout(data, i), []).append((i, data))
-    for layout, members in groups.items():
+    while groups:
+        # Popped, so that each group's per-file tables are freed once they are combined.
+        layout, members = groups.popitem()
         suspects = members
         if layout[0] != "alone":
             try:
-                rows = pa.concat_tables([data for _, data in members]).combine_chunks()
-                table = _cast_columns(rows, schema.EPOCH_COLUMNS, paths[members[0][0]])
+                combined = pa.concat_tables([data for _, data in members]).combine_chunks()
+                table = _cast_columns(combined, schema.EPOCH_COLUMNS, paths[members[0][0]])
+                del combined
                 lengths = np.array([data.num_rows for _, data in members])
                 flagged = _screen_epochs(table, lengths)
             except Exception:
@@ -496,6 +506,7 @@ def read_epoch_parquets(paths: list[str]) -> list[list[tuple[tuple, pa.Table]] |
                     if not bad:
                         results[i] = [(key, table.slice(start, length))]
                 suspects = [m for m, bad in zip(members, flagged, strict=True) if bad]
+        del members
         for i, data in suspects:
             try:
                 results[i] = _guarded(paths[i], _parquet_epoch_units, data, paths[i])
@@ -568,13 +579,15 @@ def stage_batch(
                 quarantined.append(Quarantined(f.path, units.reason))
                 continue
             for key, table in units:
-                unit = unit_id(f.sha256, key)
-                ledger.append(_ledger_row(kind, key, table, f, batch, unit))
-                tables.append(table.append_column(UNIT_COLUMN, pa.array(np.full(table.num_rows, unit))))
+                ledger.append(_ledger_row(kind, key, table, f, batch, unit_id(f.sha256, key)))
+                tables.append(table)
     rows = 0
     if tables:
         with timer.step("index"):
             table = pa.concat_tables(tables, promote_options="permissive")
+            unit_of_row = np.repeat([row["unit"] for row in ledger], [t.num_rows for t in tables])
+            table = table.append_column(UNIT_COLUMN, pa.array(unit_of_row))
+            tables.clear()  # the rows live on in ``table``; drop the per-unit references
             # One spatial-index call per batch: its per-call overhead would dominate per file.
             index = spatial_index(table.column("ra").to_numpy(), table.column("dec").to_numpy())
             table = table.append_column(SPATIAL_INDEX_COLUMN, pa.array(index))
@@ -595,11 +608,11 @@ def stage_batch(
             margins: dict[int, list[pa.Table]] = {}
             for start, end in runs(pixels):
                 pixel = int(pixels[start])
-                rows = table.slice(start, end - start)
-                atomic_write_table(rows, staging_dir(store, kind, pixel) / f"{batch}.parquet")
+                part = table.slice(start, end - start)
+                atomic_write_table(part, staging_dir(store, kind, pixel) / f"{batch}.parquet")
                 band = margin_rows(index[start:end], work_order, pixel, margin_arcsec)
                 for nbr, positions in band.items():
-                    margins.setdefault(nbr, []).append(rows.take(positions))
+                    margins.setdefault(nbr, []).append(part.take(positions))
             for nbr, parts in margins.items():
                 path = staging_dir(store, kind, nbr, margin=True) / f"{batch}.parquet"
                 atomic_write_table(pa.concat_tables(parts), path)

@@ -257,7 +257,11 @@ def test_ingest_batches_keep_order_and_balance(sizes, max_bytes, workers):
     files = [InputFile(f"f{i}", f"{i:064x}", size, 0) for i, size in enumerate(sizes)]
     batches = _batches(files, max_bytes, workers)
     assert [f for b in batches for f in b] == files
-    if len(files) >= 2 * workers and min(sizes) * 2 * workers <= sum(sizes) // 3:
-        assert len(batches) >= workers
     limit = max(max_bytes, max(sizes))
     assert all(sum(f.size for f in b) <= 2 * limit for b in batches)
+    # Files of one size, all within max_bytes: two equal batches per worker.
+    same = [InputFile(f.path, f.sha256, 1, 0) for f in files]
+    if 2 * workers <= len(same) <= max_bytes:
+        batches = _batches(same, max_bytes, workers)
+        assert len(batches) == 2 * workers
+        assert max(map(len, batches)) - min(map(len, batches)) <= 1

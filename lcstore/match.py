@@ -15,8 +15,8 @@ The pixel emits the detections that lie inside it, and the objects whose seed li
 it, so each row is emitted by exactly one pixel. An object's ID is the HEALPix order-29
 index of its seed position, so the pixels on both sides of a boundary name it alike.
 
-:func:`match_tables` is the computation, on in-memory tables; :func:`match_pixel` adds the
-reading and writing around it.
+:class:`PixelMatch` is the computation, on in-memory tables, fed one chunk of detections
+at a time; :func:`match_pixel` adds the reading and writing around it.
 """
 
 from __future__ import annotations
@@ -80,17 +80,12 @@ class PixelResult:
     seconds: dict[str, float]
 
 
-@dataclass(frozen=True)
-class Matched:
-    """What :func:`match_tables` emits for one pixel."""
-
-    detections: pa.Table
-    objects: pd.DataFrame
-    refmap: pd.DataFrame
-
-
 def _unique_ids(ids: np.ndarray) -> np.ndarray:
-    """Make IDs unique by bumping repeats (two seeds in one 0.4 mas pixel) deterministically."""
+    """Make IDs unique by bumping repeats (two seeds in one 0.4 mas pixel) deterministically.
+
+    A repeat is bumped only if an equal ID comes earlier in the array, so the IDs of a
+    prefix that was unique already never change when more are appended.
+    """
     ids = ids.copy()
     while True:
         order = np.argsort(ids, kind="stable")
@@ -106,118 +101,176 @@ def _catalog_rank(refs: pd.DataFrame) -> np.ndarray:
     return keys.groupby(list(keys.columns), sort=True).ngroup().to_numpy()
 
 
-def _time_order(dets: pd.DataFrame) -> np.ndarray:
-    return np.lexsort([dets[c].to_numpy() for c in reversed(["mjd", *schema.DETECTION_KEY])])
+def _time_order(dets: pa.Table) -> np.ndarray:
+    """Row order by (mjd, expid, ccdid, qid, sourceid): a property of the data alone."""
+    keys = ["mjd", *schema.DETECTION_KEY]
+    return np.lexsort([dets.column(c).to_numpy() for c in reversed(keys)])
 
 
-def match_tables(
-    refs: pd.DataFrame, dets: pa.Table, pixel: int, params: MatchParams, timer: StepTimer | None = None
-) -> Matched:
-    """Associate, match and cluster the rows of one work pixel and its margin.
+def _with_objects(dets: pa.Table, objects: pd.DataFrame) -> pa.Table:
+    """Detections with their objects' columns (``objects`` row-aligned with ``dets``); the
+    ``_healpix_29`` column becomes the object's, so a lightcurve stays in one partition."""
+    out = dets.drop_columns([UNIT_COLUMN, SPATIAL_INDEX_COLUMN])
+    out = out.add_column(0, schema.OBJECTID, pa.array(objects[schema.OBJECTID].to_numpy()))
+    out = out.append_column(schema.HAS_REF, pa.array(objects["has_ref"].to_numpy()))
+    out = out.append_column(schema.OBJECT_RA, pa.array(objects["ra"].to_numpy()))
+    out = out.append_column(schema.OBJECT_DEC, pa.array(objects["dec"].to_numpy()))
+    return out.append_column(SPATIAL_INDEX_COLUMN, pa.array(objects["index29"].to_numpy()))
+
+
+def _objects(ra: np.ndarray, dec: np.ndarray, index29: np.ndarray, nrefs: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"ra": ra, "dec": dec, "index29": index29, "has_ref": nrefs > 0, "nrefs": nrefs.astype(np.int16)}
+    )
+
+
+class PixelMatch:
+    """The match of one work pixel, fed its detections a chunk at a time.
+
+    It holds the pixel's reference objects and the detections that matched none of them
+    (they are clustered at the end), never all the pixel's detections at once: memory
+    follows the reference catalogs and the size of a chunk, not the number of epochs.
 
     Parameters
     ----------
     refs : pandas.DataFrame
         Reference sources of the pixel and its margin (input schema plus ``_healpix_29``).
-    dets : pyarrow.Table
-        Eligible detections of the pixel and its margin (input schema plus ``_healpix_29``).
     pixel : int
         The work pixel, at ``params.work_order``.
     params : MatchParams
     timer : StepTimer, optional
         Receives the seconds spent associating, matching and clustering.
-
-    Returns
-    -------
-    Matched
-        Detections inside the pixel with their object columns; objects seeded inside it;
-        reference sources inside it with their object.
     """
-    order = params.work_order
-    timer = timer or StepTimer()
-    # 1. Reference objects.
-    with timer.step("associate"):
-        assoc = associate_references(
-            refs["ra"].to_numpy(), refs["dec"].to_numpy(), _catalog_rank(refs), params.radius_arcsec
+
+    def __init__(self, refs: pd.DataFrame, pixel: int, params: MatchParams, timer: StepTimer | None = None):
+        self.pixel, self.params = pixel, params
+        self.timer = timer or StepTimer()
+        with self.timer.step("associate"):
+            assoc = associate_references(
+                refs["ra"].to_numpy(), refs["dec"].to_numpy(), _catalog_rank(refs), params.radius_arcsec
+            )
+        seeds = refs.iloc[assoc.seed]
+        self.reference_objects = _objects(
+            seeds["ra"].to_numpy(),
+            seeds["dec"].to_numpy(),
+            seeds[SPATIAL_INDEX_COLUMN].to_numpy(),
+            np.bincount(assoc.source_object, minlength=len(assoc.seed)),
         )
-    seed_refs = refs.iloc[assoc.seed]
-    ref_obj = pd.DataFrame(
-        {
-            "ra": seed_refs["ra"].to_numpy(),
-            "dec": seed_refs["dec"].to_numpy(),
-            "index29": seed_refs[SPATIAL_INDEX_COLUMN].to_numpy(),
-            "has_ref": True,
-            "nrefs": np.bincount(assoc.source_object, minlength=len(assoc.seed)).astype(np.int16),
-        }
-    )
-    # 2. Detections to reference objects.
-    dra = dets.column("ra").to_numpy()
-    ddec = dets.column("dec").to_numpy()
-    dxyz = unit_vectors(dra, ddec)
-    with timer.step("match"):
-        ref_xyz = unit_vectors(ref_obj["ra"], ref_obj["dec"])
-        obj_of_det, _ = nearest_within(dxyz, ref_xyz, params.radius_arcsec)
-    # 3. The rest cluster, in time order, into detection-only objects.
-    with timer.step("cluster"):
-        orphans = np.flatnonzero(obj_of_det < 0)
-        keys = dets.select(["mjd", *schema.DETECTION_KEY]).to_pandas().iloc[orphans]
-        orphans = orphans[_time_order(keys)]
-        seed_of = orphans[leader_cluster(dxyz[orphans], params.radius_arcsec)]
-    seeds, cluster = np.unique(seed_of, return_inverse=True)
-    det_index29 = dets.column(SPATIAL_INDEX_COLUMN).to_numpy()
-    new_obj = pd.DataFrame(
-        {
-            "ra": dra[seeds],
-            "dec": ddec[seeds],
-            "index29": det_index29[seeds],
-            "has_ref": False,
-            "nrefs": np.int16(0),
-        }
-    )
-    obj_of_det[orphans] = len(ref_obj) + cluster
-    objects = pd.concat([ref_obj, new_obj], ignore_index=True)
-    objects[schema.OBJECTID] = _unique_ids(objects["index29"].to_numpy())
+        self.reference_objects[schema.OBJECTID] = _unique_ids(self.reference_objects["index29"].to_numpy())
+        self._xyz = unit_vectors(self.reference_objects["ra"], self.reference_objects["dec"])
+        self.refmap = self._refmap(refs, assoc.source_object)
+        self._unmatched: list[pa.Table] = []
 
-    # Emit what lies inside the pixel.
-    inside = pixel_of(det_index29, order) == pixel
-    det_obj = objects.iloc[obj_of_det[inside]]
-    out = dets.filter(pa.array(inside)).drop_columns([UNIT_COLUMN, SPATIAL_INDEX_COLUMN])
-    out = out.add_column(0, schema.OBJECTID, pa.array(det_obj[schema.OBJECTID].to_numpy()))
-    out = out.append_column(schema.HAS_REF, pa.array(det_obj["has_ref"].to_numpy()))
-    out = out.append_column(schema.OBJECT_RA, pa.array(det_obj["ra"].to_numpy()))
-    out = out.append_column(schema.OBJECT_DEC, pa.array(det_obj["dec"].to_numpy()))
-    out = out.append_column(SPATIAL_INDEX_COLUMN, pa.array(det_obj["index29"].to_numpy()))
+    def _inside(self, index29: np.ndarray) -> np.ndarray:
+        return pixel_of(index29, self.params.work_order) == self.pixel
 
-    own = objects[pixel_of(objects["index29"].to_numpy(), order) == pixel]
-    own = own.rename(columns={"index29": SPATIAL_INDEX_COLUMN})
-    own = own[[schema.OBJECTID, "ra", "dec", schema.HAS_REF, "nrefs", SPATIAL_INDEX_COLUMN]]
+    def _refmap(self, refs: pd.DataFrame, source_object: np.ndarray) -> pd.DataFrame:
+        """Reference sources inside the pixel, with their object and ZTF object ID."""
+        inside = self._inside(refs[SPATIAL_INDEX_COLUMN].to_numpy())
+        refmap = refs.loc[inside, ["field", "ccdid", "qid", "filtercode", "refsid", "ra", "dec"]].copy()
+        refmap["filtercode"] = refmap["filtercode"].astype(pd.ArrowDtype(pa.string()))
+        ids = self.reference_objects[schema.OBJECTID].to_numpy()
+        refmap[schema.OBJECTID] = ids[source_object[inside]]
+        keys = refmap[["field", "filtercode", "ccdid", "qid", "refsid"]].itertuples(index=False)
+        refmap.insert(0, "ztf_oid", [schema.ztf_objectid(*k) for k in keys])
+        return refmap[REFMAP_COLUMNS]
 
-    ref_inside = pixel_of(refs[SPATIAL_INDEX_COLUMN].to_numpy(), order) == pixel
-    refmap = refs.loc[ref_inside, ["field", "ccdid", "qid", "filtercode", "refsid", "ra", "dec"]].copy()
-    refmap["filtercode"] = refmap["filtercode"].astype(pd.ArrowDtype(pa.string()))
-    refmap[schema.OBJECTID] = objects[schema.OBJECTID].to_numpy()[assoc.source_object[ref_inside]]
-    refmap.insert(
-        0,
-        "ztf_oid",
-        [
-            schema.ztf_objectid(*k)
-            for k in refmap[["field", "filtercode", "ccdid", "qid", "refsid"]].itertuples(index=False)
-        ],
-    )
-    return Matched(detections=out, objects=own.reset_index(drop=True), refmap=refmap[REFMAP_COLUMNS])
+    def match(self, dets: pa.Table) -> pa.Table:
+        """Match a chunk of eligible detections of the pixel and its margin.
+
+        Returns
+        -------
+        pyarrow.Table
+            The detections inside the pixel that matched a reference object, with their
+            object's columns. The others wait for :meth:`finish`.
+        """
+        xyz = unit_vectors(dets.column("ra").to_numpy(), dets.column("dec").to_numpy())
+        with self.timer.step("match"):
+            obj, _ = nearest_within(xyz, self._xyz, self.params.radius_arcsec)
+        self._unmatched.append(dets.filter(pa.array(obj < 0)))
+        emit = (obj >= 0) & self._inside(dets.column(SPATIAL_INDEX_COLUMN).to_numpy())
+        return _with_objects(dets.filter(pa.array(emit)), self.reference_objects.iloc[obj[emit]])
+
+    def finish(self) -> tuple[pa.Table, pd.DataFrame]:
+        """Cluster the detections that matched nothing, in time order, into
+        detection-only objects.
+
+        Returns
+        -------
+        detections : pyarrow.Table
+            Those detections inside the pixel, with their object's columns.
+        objects : pandas.DataFrame
+            Every object (reference or detection-only) seeded inside the pixel.
+        """
+        unmatched = pa.concat_tables(self._unmatched or [_empty_detections()], promote_options="permissive")
+        self._unmatched = []
+        with self.timer.step("cluster"):
+            by_time = _time_order(unmatched)
+            xyz = unit_vectors(unmatched.column("ra").to_numpy(), unmatched.column("dec").to_numpy())
+            leader = leader_cluster(xyz[by_time], self.params.radius_arcsec)
+        # Objects in the time order of their seeds: independent of how rows were chunked.
+        seed_ranks, cluster = np.unique(leader, return_inverse=True)
+        seeds = by_time[seed_ranks]
+        index29 = unmatched.column(SPATIAL_INDEX_COLUMN).to_numpy()
+        new = _objects(
+            unmatched.column("ra").to_numpy()[seeds],
+            unmatched.column("dec").to_numpy()[seeds],
+            index29[seeds],
+            np.zeros(len(seeds), dtype=np.int16),
+        )
+        known = self.reference_objects[schema.OBJECTID].to_numpy()
+        new[schema.OBJECTID] = _unique_ids(np.concatenate([known, new["index29"].to_numpy()]))[len(known) :]
+        object_of = np.empty(len(by_time), dtype=np.int64)
+        object_of[by_time] = cluster
+        emit = self._inside(index29)
+        detections = _with_objects(unmatched.filter(pa.array(emit)), new.iloc[object_of[emit]])
+
+        objects = pd.concat([self.reference_objects, new], ignore_index=True)
+        own = objects[self._inside(objects["index29"].to_numpy())]
+        own = own.rename(columns={"index29": SPATIAL_INDEX_COLUMN})
+        own = own[[schema.OBJECTID, "ra", "dec", schema.HAS_REF, "nrefs", SPATIAL_INDEX_COLUMN]]
+        return detections, own.reset_index(drop=True)
 
 
-def _read_with_margin(
-    store: str, kind: str, pixel: int, batches: set[str], excluded: np.ndarray, params: MatchParams
-) -> pa.Table | None:
-    """Staged rows of ``kind`` in the pixel and in its margin band (staged at ingest)."""
-    files = staged_files(store, kind, pixel, batches) + staged_files(store, kind, pixel, batches, margin=True)
-    tables = [pq.read_table(f) for f in files]
-    if not tables:
+def _read_staged(files: list[str], excluded: np.ndarray) -> pa.Table | None:
+    """Staged rows from ``files``, without those of excluded units."""
+    if not files:
         return None
-    table = pa.concat_tables(tables, promote_options="permissive")
+    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
     keep = ~np.isin(table.column(UNIT_COLUMN).to_numpy(), excluded)
     return table.filter(pa.array(keep))
+
+
+class _Output:
+    """Writes a pixel's matched detections as they come, and keeps their summaries."""
+
+    def __init__(self, work_dir: str, pixel: int, params: MatchParams) -> None:
+        self.work, self.pixel, self.params = Path(work_dir), pixel, params
+        self.parts = 0
+        self.rows = self.matched = 0
+        self.index29: list[np.ndarray] = []
+        self.sums: dict[int, list[int]] = {}
+
+    def add(self, out: pa.Table) -> None:
+        if out.num_rows == 0:
+            return
+        # Sorted by object position, in row groups: the write step reads each partition's
+        # share of an owner's file by row-group statistics, not the whole file.
+        out = out.sort_by(SPATIAL_INDEX_COLUMN)
+        index29 = out.column(SPATIAL_INDEX_COLUMN).to_numpy()
+        owners = pixel_of(index29, self.params.work_order)
+        for start, end in runs(owners):
+            path = self.work / "detections" / str(int(owners[start])) / f"{self.pixel}-{self.parts}.parquet"
+            atomic_write_table(out.slice(start, end - start), path, row_group_size=OUTPUT_ROW_GROUP_ROWS)
+        self.parts += 1
+        self.rows += out.num_rows
+        self.matched += int(out.column(schema.HAS_REF).to_numpy().sum())
+        self.index29.append(index29)
+        for cell, (total, count) in cell_sums(
+            out, DETECTION_DIGEST_COLUMNS, cell_order(self.params.work_order)
+        ).items():
+            acc = self.sums.setdefault(cell, [0, 0])
+            acc[0], acc[1] = (acc[0] + total) % (1 << 64), acc[1] + count
 
 
 def match_pixel(
@@ -228,18 +281,23 @@ def match_pixel(
     params: MatchParams,
     work_dir: str,
 ) -> PixelResult:
-    """Run :func:`match_tables` on one work pixel of a store and write its output.
+    """Match one work pixel of a store and write its output.
+
+    The pixel's reference sources are read at once; its detections one staging file at a
+    time (see :class:`PixelMatch`).
 
     Output files, in ``work_dir``::
 
-        detections/<owner pixel>/<pixel>.parquet   (owner = work pixel of the object)
+        detections/<owner pixel>/<pixel>-<part>.parquet   (owner = work pixel of the object)
         objects/<pixel>.parquet
         refmap/<pixel>.parquet
     """
     timer = StepTimer()
     with timer.step("read"):
-        refs_table = _read_with_margin(store, REFS, pixel, batches, excluded_units, params)
-        dets = _read_with_margin(store, EPOCHS, pixel, batches, excluded_units, params)
+        files = staged_files(store, REFS, pixel, batches) + staged_files(
+            store, REFS, pixel, batches, margin=True
+        )
+        refs_table = _read_staged(files, excluded_units)
     refs = (
         refs_table.to_pandas()
         if refs_table is not None
@@ -248,43 +306,46 @@ def match_pixel(
             | {SPATIAL_INDEX_COLUMN: pd.Series(dtype=np.int64)}
         )
     )
-    if dets is None:
-        dets = _empty_detections()
-    else:
-        mask = eligible(dets.column("programid").to_numpy(), dets.column("mjd").to_numpy(), params.cutoffs)
-        dets = dets.filter(pa.array(mask))
-    result = match_tables(refs, dets, pixel, params, timer)
-
+    matcher = PixelMatch(refs, pixel, params, timer)
+    output = _Output(work_dir, pixel, params)
+    files = staged_files(store, EPOCHS, pixel, batches) + staged_files(
+        store, EPOCHS, pixel, batches, margin=True
+    )
+    for f in files:
+        with timer.step("read"):
+            dets = _read_staged([f], excluded_units)
+            mask = eligible(
+                dets.column("programid").to_numpy(), dets.column("mjd").to_numpy(), params.cutoffs
+            )
+            dets = dets.filter(pa.array(mask))
+        matched = matcher.match(dets)
+        with timer.step("write"):
+            output.add(matched)
+    orphans, objects = matcher.finish()
     work = Path(work_dir)
-    out = result.detections
     with timer.step("write"):
-        # Sorted by object position, in row groups: the write step reads each partition's
-        # share of an owner's file by row-group statistics, not the whole file.
-        out = out.sort_by(SPATIAL_INDEX_COLUMN)
-        owners = pixel_of(out.column(SPATIAL_INDEX_COLUMN).to_numpy(), params.work_order)
-        for start, end in runs(owners):
-            path = work / "detections" / str(int(owners[start])) / f"{pixel}.parquet"
-            atomic_write_table(out.slice(start, end - start), path, row_group_size=OUTPUT_ROW_GROUP_ROWS)
-        objects = pa.Table.from_pandas(result.objects, preserve_index=False)
-        atomic_write_table(objects, work / "objects" / f"{pixel}.parquet")
+        output.add(orphans)
+        objects_table = pa.Table.from_pandas(objects, preserve_index=False)
+        atomic_write_table(objects_table, work / "objects" / f"{pixel}.parquet")
         atomic_write_table(
-            pa.Table.from_pandas(result.refmap, preserve_index=False), work / "refmap" / f"{pixel}.parquet"
+            pa.Table.from_pandas(matcher.refmap, preserve_index=False), work / "refmap" / f"{pixel}.parquet"
         )
     with timer.step("digest"):
         cells = cell_order(params.work_order)
-        digests = {
-            f"detections/{c}": d for c, d in cell_digests(out, DETECTION_DIGEST_COLUMNS, cells).items()
+        digests = {f"detections/{c}": _digest(*acc) for c, acc in output.sums.items()}
+        digests |= {
+            f"objects/{c}": _digest(*acc)
+            for c, acc in cell_sums(objects_table, OBJECT_DIGEST_COLUMNS, cells).items()
         }
-        digests |= {f"objects/{c}": d for c, d in cell_digests(objects, OBJECT_DIGEST_COLUMNS, cells).items()}
         digests["refmap"] = file_digest(work / "refmap" / f"{pixel}.parquet")
-    det_idx = out.column(SPATIAL_INDEX_COLUMN).to_numpy()
-    obj_idx = result.objects[SPATIAL_INDEX_COLUMN].to_numpy()
+    det_idx = np.concatenate(output.index29) if output.index29 else np.zeros(0, dtype=np.int64)
+    obj_idx = objects[SPATIAL_INDEX_COLUMN].to_numpy()
     return PixelResult(
         pixel=pixel,
-        detections=out.num_rows,
-        matched=int(out.column(schema.HAS_REF).to_numpy().sum()),
-        objects=len(result.objects),
-        detection_only=int((~result.objects[schema.HAS_REF]).sum()),
+        detections=output.rows,
+        matched=output.matched,
+        objects=len(objects),
+        detection_only=int((~objects[schema.HAS_REF]).sum()),
         detection_hist=histogram(det_idx, HISTOGRAM_ORDER),
         object_hist=histogram(obj_idx, HISTOGRAM_ORDER),
         output_digests=digests,
@@ -308,12 +369,13 @@ def _as_int64(values: np.ndarray) -> np.ndarray:
     return values.astype(np.int64)
 
 
-def cell_digests(table: pa.Table, columns: list[str], order: int) -> dict[int, str]:
-    """Digest of the rows in each cell (pixel of ``order`` holding the row's ``_healpix_29``).
+def cell_sums(table: pa.Table, columns: list[str], order: int) -> dict[int, tuple[int, int]]:
+    """Per cell (pixel of ``order`` holding the row's ``_healpix_29``): the wrapping sum of
+    its rows' hashes and its row count.
 
-    Each row is hashed (64-bit, over its values in ``columns``) and a cell's digest is the
-    wrapping sum of its rows' hashes and its row count: equal row sets give equal digests
-    whatever their order, at the cost of one vectorised pass.
+    Each row is hashed (64-bit, over its values in ``columns``). Sums add up across the
+    parts of a table, so equal row sets give equal sums whatever their order or chunking,
+    at the cost of one vectorised pass.
     """
     if table.num_rows == 0:
         return {}
@@ -328,7 +390,12 @@ def cell_digests(table: pa.Table, columns: list[str], order: int) -> dict[int, s
     starts = np.flatnonzero(np.r_[True, np.diff(cells) != 0])
     sums = np.add.reduceat(row_hash, starts)
     counts = np.diff(np.r_[starts, len(cells)])
-    return {int(cells[s]): f"{int(h):016x}-{n}" for s, h, n in zip(starts, sums, counts, strict=True)}
+    return {int(cells[s]): (int(h), int(n)) for s, h, n in zip(starts, sums, counts, strict=True)}
+
+
+def _digest(total: int, count: int) -> str:
+    """A cell's digest, from :func:`cell_sums`."""
+    return f"{total:016x}-{count}"
 
 
 def file_digest(path: Path) -> str:

@@ -1,0 +1,62 @@
+"""The match of one work pixel: fed in chunks, it decides exactly as fed at once."""
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from lcstore import schema
+from lcstore.embargo import Cutoffs, parse_date
+from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, spatial_index
+from lcstore.ingest import UNIT_COLUMN, read_units
+from lcstore.match import MatchParams, PixelMatch
+
+ORDER = 4  # one work pixel holds the whole tiny survey
+PARAMS = MatchParams(ORDER, 1.5, 10.0, Cutoffs(parse_date("2030-01-01"), parse_date("2030-01-01")))
+
+
+def _staged(table: pa.Table, unit: int) -> pa.Table:
+    index = spatial_index(table.column("ra").to_numpy(), table.column("dec").to_numpy())
+    table = table.append_column(UNIT_COLUMN, pa.array(np.full(table.num_rows, unit)))
+    return table.append_column(SPATIAL_INDEX_COLUMN, pa.array(index))
+
+
+@pytest.fixture(scope="module")
+def pixel_rows(tiny_survey):
+    """The tiny survey's reference sources and detections, as staging holds them."""
+    refs = [_staged(t, i) for i, f in enumerate(sorted(tiny_survey.refs_dir.rglob("*.parquet")))
+            for _, t in read_units("refs", str(f))]  # fmt: skip
+    dets = [_staged(t, i) for i, f in enumerate(sorted(tiny_survey.epochs_dir.rglob("*.parquet")))
+            for _, t in read_units("epochs", str(f))]  # fmt: skip
+    refs = pa.concat_tables(refs).to_pandas()
+    dets = pa.concat_tables(dets)
+    pixels = np.unique(pixel_of(dets.column(SPATIAL_INDEX_COLUMN).to_numpy(), ORDER))
+    assert len(pixels) == 1
+    return refs, dets, int(pixels[0])
+
+
+def _run(refs: pd.DataFrame, chunks: list[pa.Table], pixel: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    match = PixelMatch(refs, pixel, PARAMS)
+    emitted = [match.match(chunk) for chunk in chunks]
+    orphans, objects = match.finish()
+    dets = pa.concat_tables([*emitted, orphans]).to_pandas()
+    key = [*schema.DETECTION_KEY, "procversion"]
+    return (
+        dets.sort_values(key).reset_index(drop=True),
+        objects.sort_values(schema.OBJECTID).reset_index(drop=True),
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_chunks_in_any_order_give_the_same_objects_and_detections(pixel_rows, seed):
+    refs, dets, pixel = pixel_rows
+    whole_dets, whole_objects = _run(refs, [dets], pixel)
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(dets.num_rows)
+    cuts = np.sort(rng.choice(np.arange(1, dets.num_rows), size=7, replace=False))
+    chunks = [dets.take(pa.array(part)) for part in np.split(rows, cuts)]
+    chunked_dets, chunked_objects = _run(refs, chunks, pixel)
+    pd.testing.assert_frame_equal(chunked_dets, whole_dets)
+    pd.testing.assert_frame_equal(chunked_objects, whole_objects)
+    assert len(whole_dets) == dets.num_rows
+    assert (~whole_objects[schema.HAS_REF]).sum() > 0  # detection-only objects are exercised

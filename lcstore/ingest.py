@@ -660,6 +660,14 @@ def staged_files(
     return sorted(str(p) for p in folder.glob("*.parquet") if p.stem in batches)
 
 
+def staged_bytes(store: str | Path, pixel: int, batches: set[str]) -> int:
+    """Bytes of the detections staged for one work pixel and its margin: its match's work."""
+    files = staged_files(store, EPOCHS, pixel, batches) + staged_files(
+        store, EPOCHS, pixel, batches, margin=True
+    )
+    return sum(os.path.getsize(f) for f in files)
+
+
 def remove_uncommitted(store: str | Path) -> list[Path]:
     """Delete staging files of batches that never wrote their ledger file (a crash mid-batch).
 

@@ -48,6 +48,10 @@ HISTOGRAM_ORDER = 12
 #: Rows per row group of the detections the match step writes for the write step.
 OUTPUT_ROW_GROUP_ROWS = 20_000
 
+#: Most matched detections a pixel holds before writing them out (about 100 MB): fewer,
+#: larger files for the write step than one per staging file, in bounded memory.
+OUTPUT_PART_ROWS = 1_000_000
+
 REFMAP_COLUMNS = ["ztf_oid", "field", "ccdid", "qid", "filtercode", "refsid", "ra", "dec", "objectid"]
 
 
@@ -242,7 +246,8 @@ def _read_staged(files: list[str], excluded: np.ndarray) -> pa.Table | None:
 
 
 class _Output:
-    """Writes a pixel's matched detections as they come, and keeps their summaries."""
+    """Writes a pixel's matched detections as they come, in parts of up to
+    OUTPUT_PART_ROWS rows, and keeps their summaries."""
 
     def __init__(self, work_dir: str, pixel: int, params: MatchParams) -> None:
         self.work, self.pixel, self.params = Path(work_dir), pixel, params
@@ -250,9 +255,17 @@ class _Output:
         self.rows = self.matched = 0
         self.index29: list[np.ndarray] = []
         self.sums: dict[int, list[int]] = {}
+        self._pending: list[pa.Table] = []
 
     def add(self, out: pa.Table) -> None:
-        if out.num_rows == 0:
+        self._pending.append(out)
+        if sum(t.num_rows for t in self._pending) >= OUTPUT_PART_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        out = pa.concat_tables(self._pending, promote_options="permissive") if self._pending else None
+        self._pending = []
+        if out is None or out.num_rows == 0:
             return
         # Sorted by object position, in row groups: the write step reads each partition's
         # share of an owner's file by row-group statistics, not the whole file.
@@ -325,6 +338,7 @@ def match_pixel(
     work = Path(work_dir)
     with timer.step("write"):
         output.add(orphans)
+        output.flush()
         objects_table = pa.Table.from_pandas(objects, preserve_index=False)
         atomic_write_table(objects_table, work / "objects" / f"{pixel}.parquet")
         atomic_write_table(

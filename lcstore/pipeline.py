@@ -45,6 +45,7 @@ from lcstore.ingest import (
     read_ledger,
     remove_uncommitted,
     stage_batch,
+    staged_bytes,
 )
 from lcstore.manifest import ReleaseState, read_state, write_state
 from lcstore.match import HISTOGRAM_ORDER, MatchParams, PixelResult, match_pixel
@@ -86,7 +87,7 @@ class BuildConfig:
     work_order: int = DEFAULT_WORK_ORDER
     detection_partition_rows: int = 2_000_000
     object_partition_rows: int = 1_000_000
-    batch_bytes: int = 256 << 20  # input bytes per ingest task: fewer, larger staging files
+    batch_bytes: int = 128 << 20  # input bytes per ingest task; bounds its memory (~1 GB)
     strict: bool = False  # fail before publishing if any input was quarantined or conflicted
 
     @property
@@ -278,16 +279,22 @@ def _run_match(
         return {}
     params = MatchParams(store.work_order, config.radius_arcsec, config.margin, config.cutoffs)
     excluded = client.scatter(selection.excluded, broadcast=True)
-    futures = client.map(
-        match_pixel,
-        pixels,
-        store=str(store.path),
-        batches=set(ledger["batch"]),
-        excluded_units=excluded,
-        params=params,
-        work_dir=str(work_dir),
-        pure=False,
-    )
+    batches = set(ledger["batch"])
+    # The largest pixels first, so that no worker is left with a big one at the end.
+    futures = [
+        client.submit(
+            match_pixel,
+            pixel,
+            store=str(store.path),
+            batches=batches,
+            excluded_units=excluded,
+            params=params,
+            work_dir=str(work_dir),
+            priority=staged_bytes(store.path, pixel, batches),
+            pure=False,
+        )
+        for pixel in pixels
+    ]
     return {r.pixel: r for r in client.gather(futures)}
 
 
@@ -352,8 +359,9 @@ def _build(
     report.work_pixels_matched = len(results)
 
     # 2. Plan the partitions from every pixel's histogram.
-    det_parts = _plan(pixel_stats, "detection_hist", config.detection_partition_rows)
-    obj_parts = _plan(pixel_stats, "object_hist", config.object_partition_rows)
+    det_plan = _plan(pixel_stats, "detection_hist", config.detection_partition_rows)
+    obj_plan = _plan(pixel_stats, "object_hist", config.object_partition_rows)
+    det_parts, obj_parts = list(det_plan), list(obj_plan)
     if not obj_parts:
         raise LcstoreError("nothing to publish: no reference source and no eligible detection")
 
@@ -381,7 +389,7 @@ def _build(
         det_rows = _write_partitions(
             client,
             report,
-            det_parts,
+            det_plan,
             set(rebuild_det),
             prev_dir,
             "detections",
@@ -391,7 +399,7 @@ def _build(
         obj_rows = _write_partitions(
             client,
             report,
-            obj_parts,
+            obj_plan,
             set(rebuild_obj),
             prev_dir,
             "objects",
@@ -433,9 +441,10 @@ def _build(
     )
 
 
-def _plan(pixel_stats: dict[int, PixelResult], hist: str, max_rows: int) -> list[tuple[int, int]]:
+def _plan(pixel_stats: dict[int, PixelResult], hist: str, max_rows: int) -> dict[tuple[int, int], int]:
+    """The release's partitions (order, pixel), in sky order, with their rows."""
     merged = merge_histograms([getattr(s, hist) for s in pixel_stats.values()])
-    return [(o, p) for o, p, _ in plan_partitions(*merged, HISTOGRAM_ORDER, max_rows)]
+    return {(o, p): rows for o, p, rows in plan_partitions(*merged, HISTOGRAM_ORDER, max_rows)}
 
 
 def _changed_cells(
@@ -462,7 +471,7 @@ def _timed(part: tuple[int, int], write: Callable[[tuple[int, int]], int]) -> tu
 def _write_partitions(
     client: Client,
     report: BuildReport,
-    parts: list[tuple[int, int]],
+    parts: dict[tuple[int, int], int],
     rebuild: set[tuple[int, int]],
     previous_release: Path | None,
     catalog: str,
@@ -471,7 +480,10 @@ def _write_partitions(
 ) -> dict[tuple[int, int], int]:
     """Write the partitions to rebuild and hard-link the others from the previous release."""
     fresh = [p for p in parts if p in rebuild]
-    timed = client.gather(client.map(_timed, fresh, write=write, pure=False))
+    # The largest partitions first, so that no worker is left with a big one at the end.
+    timed = client.gather(
+        [client.submit(_timed, p, write=write, priority=parts[p], pure=False) for p in fresh]
+    )
     rows = {part: n for part, (n, _) in zip(fresh, timed, strict=True)}
     add_seconds(report.task_seconds, {f"write {catalog}": sum(secs for _, secs in timed)})
     for part in parts:

@@ -27,6 +27,7 @@ import hats
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 from hats.catalog import PartitionInfo, TableProperties
 from hats.io import paths
@@ -210,17 +211,43 @@ def write_detection_partition(
     return table.num_rows
 
 
-def _statistics_in(detections_dir: str, detection_parts: list[tuple[int, int]], order: int, pixel: int):
+#: Detections summarised at a time for the object statistics (bounds a task's memory).
+STATISTICS_ROWS = 1_000_000
+
+
+def _statistics_in(
+    detections_dir: str, detection_parts: list[tuple[int, int]], order: int, pixel: int
+) -> pd.DataFrame:
+    """Statistics of the objects in partition (order, pixel), from the release's detections.
+
+    The detections are read in batches, in their partitions' order, where each object's
+    are contiguous: every :data:`STATISTICS_ROWS` rows the complete objects are summarised
+    and the last one, perhaps incomplete, is carried into the next batch.
+    """
     lo, hi = index_range(order, pixel)
     columns = ["objectid", "filtercode", "mjd", "mag", "catflags"]
-    frames = []
+    in_range = (pds.field(SPATIAL_INDEX_COLUMN) >= lo) & (pds.field(SPATIAL_INDEX_COLUMN) < hi)
+    stats, pending = [], []
     for part in overlapping(detection_parts, order, pixel):
         path = paths.pixel_catalog_file(detections_dir, HealpixPixel(*part))
-        table = pq.read_table(path, columns=columns, filters=_in_range(lo, hi))
-        frames.append(table.to_pandas())
-    if not frames:
+        scan = pds.dataset(path, format="parquet").scanner(
+            columns=columns, filter=in_range, batch_size=min(STATISTICS_ROWS, 1 << 16), use_threads=False
+        )
+        for batch in scan.to_batches():
+            pending.append(batch)
+            if sum(b.num_rows for b in pending) >= STATISTICS_ROWS:
+                rows = pa.Table.from_batches(pending)
+                ids = rows.column("objectid").to_numpy()
+                if (ids != ids[-1]).any():
+                    cut = len(ids) - int(np.argmax(ids[::-1] != ids[-1]))  # the last object's start
+                    stats.append(object_statistics(rows.slice(0, cut).to_pandas()))
+                    pending = rows.slice(cut).to_batches()
+    rest = pa.Table.from_batches(pending) if pending else None
+    if rest is not None and rest.num_rows:
+        stats.append(object_statistics(rest.to_pandas()))
+    if not stats:
         return object_statistics(pd.DataFrame({c: pd.Series(dtype=float) for c in columns}))
-    return object_statistics(pd.concat(frames, ignore_index=True))
+    return pd.concat(stats, ignore_index=True)
 
 
 #: Columns of an object row that the match step emits; the rest are statistics.

@@ -22,6 +22,7 @@ at a time; :func:`match_pixel` adds the reading and writing around it.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,10 @@ HISTOGRAM_ORDER = 12
 
 #: Rows per row group of the detections the match step writes for the write step.
 OUTPUT_ROW_GROUP_ROWS = 20_000
+
+#: Staged detection files read and matched together, at most this many bytes of Parquet
+#: (about 1.5 million rows): few reads, in bounded memory.
+CHUNK_BYTES = 64 << 20
 
 #: Most matched detections a pixel holds before writing them out (about 100 MB): fewer,
 #: larger files for the write step than one per staging file, in bounded memory.
@@ -236,6 +241,20 @@ class PixelMatch:
         return detections, own.reset_index(drop=True)
 
 
+def _chunks(files: list[str], max_bytes: int) -> list[list[str]]:
+    """Consecutive runs of files of at most ``max_bytes`` together (or one larger file)."""
+    chunks: list[list[str]] = []
+    size = 0
+    for f in files:
+        nbytes = os.path.getsize(f)
+        if not chunks or size + nbytes > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(f)
+        size += nbytes
+    return chunks
+
+
 def _read_staged(files: list[str], excluded: np.ndarray) -> pa.Table | None:
     """Staged rows from ``files``, without those of excluded units."""
     if not files:
@@ -296,8 +315,8 @@ def match_pixel(
 ) -> PixelResult:
     """Match one work pixel of a store and write its output.
 
-    The pixel's reference sources are read at once; its detections one staging file at a
-    time (see :class:`PixelMatch`).
+    The pixel's reference sources are read at once; its detections a few staging files at
+    a time (see :class:`PixelMatch`).
 
     Output files, in ``work_dir``::
 
@@ -324,9 +343,9 @@ def match_pixel(
     files = staged_files(store, EPOCHS, pixel, batches) + staged_files(
         store, EPOCHS, pixel, batches, margin=True
     )
-    for f in files:
+    for chunk in _chunks(files, CHUNK_BYTES):
         with timer.step("read"):
-            dets = _read_staged([f], excluded_units)
+            dets = _read_staged(chunk, excluded_units)
             mask = eligible(
                 dets.column("programid").to_numpy(), dets.column("mjd").to_numpy(), params.cutoffs
             )

@@ -39,7 +39,7 @@ from lcstore.healpix import SPATIAL_INDEX_COLUMN, index_range, pixel_of, spatial
 
 #: Rows per Parquet row group in release files: small enough that a cone search reads
 #: little more than it needs, large enough to keep per-group overhead low.
-ROW_GROUP_ROWS = 2_500
+ROW_GROUP_ROWS = 5_000
 
 _SORT_COLUMNS = [SPATIAL_INDEX_COLUMN, schema.OBJECTID, "mjd", *schema.DETECTION_KEY]
 

@@ -650,22 +650,19 @@ def staging_dir(store: str | Path, kind: str, pixel: int, margin: bool = False) 
     return Path(store) / "staging" / (f"{kind}-margin" if margin else kind) / str(pixel)
 
 
-def staged_files(
-    store: str | Path, kind: str, pixel: int, batches: set[str], margin: bool = False
-) -> list[str]:
-    """Staging files of one work pixel (or of its margin) that belong to committed batches."""
-    folder = staging_dir(store, kind, pixel, margin)
-    if not folder.is_dir():
-        return []
-    return sorted(str(p) for p in folder.glob("*.parquet") if p.stem in batches)
+def staged_files(store: str | Path, kind: str, pixel: int, batches: set[str]) -> list[str]:
+    """Staging files of one work pixel, then of its margin, that belong to committed batches."""
+    files = []
+    for margin in (False, True):
+        folder = staging_dir(store, kind, pixel, margin)
+        if folder.is_dir():
+            files += sorted(str(p) for p in folder.glob("*.parquet") if p.stem in batches)
+    return files
 
 
 def staged_bytes(store: str | Path, pixel: int, batches: set[str]) -> int:
     """Bytes of the detections staged for one work pixel and its margin: its match's work."""
-    files = staged_files(store, EPOCHS, pixel, batches) + staged_files(
-        store, EPOCHS, pixel, batches, margin=True
-    )
-    return sum(os.path.getsize(f) for f in files)
+    return sum(os.path.getsize(f) for f in staged_files(store, EPOCHS, pixel, batches))
 
 
 def remove_uncommitted(store: str | Path) -> list[Path]:

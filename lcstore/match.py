@@ -326,9 +326,7 @@ def match_pixel(
     """
     timer = StepTimer()
     with timer.step("read"):
-        files = staged_files(store, REFS, pixel, batches) + staged_files(
-            store, REFS, pixel, batches, margin=True
-        )
+        files = staged_files(store, REFS, pixel, batches)
         refs_table = _read_staged(files, excluded_units)
     refs = (
         refs_table.to_pandas()
@@ -340,9 +338,7 @@ def match_pixel(
     )
     matcher = PixelMatch(refs, pixel, params, timer)
     output = _Output(work_dir, pixel, params)
-    files = staged_files(store, EPOCHS, pixel, batches) + staged_files(
-        store, EPOCHS, pixel, batches, margin=True
-    )
+    files = staged_files(store, EPOCHS, pixel, batches)
     for chunk in _chunks(files, CHUNK_BYTES):
         with timer.step("read"):
             dets = _read_staged(chunk, excluded_units)

@@ -44,8 +44,16 @@ def lcstore_build(survey: Path, store: Path, workers: int, rows: int) -> dict:
         object_partition_rows=rows // 10,
     )
     with dask_client(workers=workers) as client:
+        # The workers' peak memory so far at the end of each step: which step sets the peak.
+        peaks_after: dict[str, int] = {}
+
+        def say(line: str) -> None:
+            print("   ", line, flush=True)
+            if line.startswith("[") and "] done" in line:
+                peaks_after[line[1 : line.index("]")]] = round(max(client.run(peak_rss_mb).values()))
+
         start = time.perf_counter()
-        report = build_release(config, client, say=lambda line: print("   ", line, flush=True))
+        report = build_release(config, client, say=say)
         seconds = time.perf_counter() - start
         peaks = client.run(peak_rss_mb)
     return {
@@ -56,6 +64,7 @@ def lcstore_build(survey: Path, store: Path, workers: int, rows: int) -> dict:
         "stages": report.seconds,
         "task_seconds": report.task_seconds,
         "peak_worker_rss_mb": {k: round(v) for k, v in peaks.items()},
+        "largest_peak_rss_mb_after_step": peaks_after,
     }
 
 

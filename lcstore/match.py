@@ -50,12 +50,12 @@ HISTOGRAM_ORDER = 12
 OUTPUT_ROW_GROUP_ROWS = 20_000
 
 #: Staged detection files read and matched together, at most this many bytes of Parquet
-#: (about 1.5 million rows): few reads, in bounded memory.
-CHUNK_BYTES = 64 << 20
+#: (about 400,000 rows): few reads, and a task's memory no larger than an ingest task's.
+CHUNK_BYTES = 16 << 20
 
-#: Most matched detections a pixel holds before writing them out (about 100 MB): fewer,
+#: Most matched detections a pixel holds before writing them out (about 30 MB): fewer,
 #: larger files for the write step than one per staging file, in bounded memory.
-OUTPUT_PART_ROWS = 1_000_000
+OUTPUT_PART_ROWS = 250_000
 
 REFMAP_COLUMNS = ["ztf_oid", "field", "ccdid", "qid", "filtercode", "refsid", "ra", "dec", "objectid"]
 

@@ -212,7 +212,7 @@ def write_detection_partition(
 
 
 #: Detections summarised at a time for the object statistics (bounds a task's memory).
-STATISTICS_ROWS = 1_000_000
+STATISTICS_ROWS = 250_000
 
 
 def _statistics_in(

@@ -41,13 +41,10 @@ from lcstore.index import histogram
 from lcstore.ingest import EPOCHS, REFS, UNIT_COLUMN, staged_files
 from lcstore.timing import StepTimer
 from lcstore.transients import leader_cluster
-from lcstore.write import atomic_write_table
+from lcstore.write import SORTED_RUN_SUFFIX, atomic_write_table, write_sorted_run
 
 #: Order of the row-count histograms the match step returns for partition planning.
 HISTOGRAM_ORDER = 12
-
-#: Rows per row group of the detections the match step writes for the write step.
-OUTPUT_ROW_GROUP_ROWS = 20_000
 
 #: Staged detection files read and matched together, at most this many bytes of Parquet
 #: (about 400,000 rows): few reads, and a task's memory no larger than an ingest task's.
@@ -286,14 +283,15 @@ class _Output:
         self._pending = []
         if out is None or out.num_rows == 0:
             return
-        # Sorted by object position, in row groups: the write step reads each partition's
-        # share of an owner's file by row-group statistics, not the whole file.
+        # Sorted by object position: the write step takes each partition's share of an
+        # owner's file by binary search, not the whole file.
         out = out.sort_by(SPATIAL_INDEX_COLUMN)
         index29 = out.column(SPATIAL_INDEX_COLUMN).to_numpy()
         owners = pixel_of(index29, self.params.work_order)
         for start, end in runs(owners):
-            path = self.work / "detections" / str(int(owners[start])) / f"{self.pixel}-{self.parts}.parquet"
-            atomic_write_table(out.slice(start, end - start), path, row_group_size=OUTPUT_ROW_GROUP_ROWS)
+            name = f"{self.pixel}-{self.parts}{SORTED_RUN_SUFFIX}"
+            path = self.work / "detections" / str(int(owners[start])) / name
+            write_sorted_run(out.slice(start, end - start), path)
         self.parts += 1
         self.rows += out.num_rows
         self.matched += int(out.column(schema.HAS_REF).to_numpy().sum())
@@ -320,7 +318,7 @@ def match_pixel(
 
     Output files, in ``work_dir``::
 
-        detections/<owner pixel>/<pixel>-<part>.parquet   (owner = work pixel of the object)
+        detections/<owner pixel>/<pixel>-<part>.arrow     (owner = work pixel of the object)
         objects/<pixel>.parquet
         refmap/<pixel>.parquet
     """

@@ -62,9 +62,11 @@ from lcstore.supersede import select_units
 from lcstore.timing import StepTimer, add_seconds
 from lcstore.verify import write_checksums
 from lcstore.write import (
+    SORTED_RUN_SUFFIX,
     PartitionSources,
     finalize_catalog,
     share_partition,
+    sorted_run_schema,
     write_detection_partition,
     write_object_partition,
 )
@@ -300,7 +302,7 @@ def _run_match(
 
 def _detection_schema(work_dir: Path, previous: pa.Schema | None) -> pa.Schema:
     """The release's detection schema: what the work pixels wrote, and the previous release had."""
-    schemas = [pq.read_schema(f) for f in sorted((work_dir / "detections").rglob("*.parquet"))]
+    schemas = [sorted_run_schema(f) for f in sorted((work_dir / "detections").rglob(f"*{SORTED_RUN_SUFFIX}"))]
     schemas += [previous] if previous is not None else []
     schemas = schemas or [_empty_detection_schema()]
     unified = pa.unify_schemas(schemas, promote_options="permissive")

@@ -61,10 +61,15 @@ def dictionary_columns(table_schema: pa.Schema) -> list[str]:
     ]
 
 
+def _temporary(path: Path) -> Path:
+    """Where to write ``path`` before renaming it into place (removed if a build dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+
+
 def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
     """Write a Parquet file so that it appears whole or not at all."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = _temporary(path)
     pq.write_table(
         table,
         tmp,
@@ -73,6 +78,37 @@ def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None =
         write_statistics=True,
     )
     os.replace(tmp, path)
+
+
+#: Suffix of the match step's output files: Arrow IPC, written and read once per build.
+SORTED_RUN_SUFFIX = ".arrow"
+
+
+def write_sorted_run(table: pa.Table, path: Path) -> None:
+    """Write rows sorted by ``_healpix_29`` as an uncompressed Arrow IPC file, atomically.
+
+    For the build's own intermediate files: four times faster to write than Parquet, and
+    :func:`read_sorted_run` takes any index range of it without decoding the rest.
+    """
+    tmp = _temporary(path)
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    os.replace(tmp, path)
+
+
+def read_sorted_run(path: Path, lo: int, hi: int) -> pa.Table:
+    """The rows with ``lo <= _healpix_29 < hi`` of a file written by :func:`write_sorted_run`."""
+    with pa.memory_map(str(path)) as source:
+        table = pa.ipc.open_file(source).read_all()
+    index29 = table.column(SPATIAL_INDEX_COLUMN).to_numpy()
+    start, stop = np.searchsorted(index29, [lo, hi])
+    return table.slice(start, stop - start)
+
+
+def sorted_run_schema(path: Path) -> pa.Schema:
+    """The schema of a file written by :func:`write_sorted_run`."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).schema
 
 
 @dataclass(frozen=True)
@@ -98,11 +134,10 @@ def _fresh_rows(sources: PartitionSources, kind: str, order: int, pixel: int) ->
     tables = []
     for owner in owners(order, pixel, sources.work_order):
         if kind == "detections":
-            files = sorted((folder / str(owner)).glob("*.parquet"))
-        else:
-            files = [folder / f"{owner}.parquet"] if owner in sources.rematched else []
-        for f in files:
-            tables.append(pq.read_table(f, filters=_in_range(lo, hi)))
+            runs = sorted((folder / str(owner)).glob(f"*{SORTED_RUN_SUFFIX}"))
+            tables += [read_sorted_run(f, lo, hi) for f in runs]
+        elif owner in sources.rematched:
+            tables.append(pq.read_table(folder / f"{owner}.parquet", filters=_in_range(lo, hi)))
     return tables
 
 

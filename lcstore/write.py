@@ -36,6 +36,7 @@ from hats.pixel_math import HealpixPixel
 from lcstore import schema
 from lcstore.changes import overlapping, owners
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, index_range, pixel_of, spatial_index
+from lcstore.statistics import STATISTICS_INPUT, object_statistics
 
 #: Rows per Parquet row group in release files: small enough that a cone search reads
 #: little more than it needs, large enough to keep per-group overhead low.
@@ -190,50 +191,6 @@ def sort_lightcurves(table: pa.Table) -> pa.Table:
     return table.sort_by([(c, "ascending") for c in _SORT_COLUMNS])
 
 
-def object_statistics(dets: pd.DataFrame) -> pd.DataFrame:
-    """Per-object, per-band statistics of a set of detections.
-
-    For each band ``f`` in zg, zr, zi: ``nobs_f`` (all detections), ``ngood_f``
-    (``catflags == 0`` and finite mag), ``mean_mag_f`` and ``std_mag_f`` (of the good
-    ones; std is the sample standard deviation, NaN below 2 points), ``first_mjd_f`` and
-    ``last_mjd_f`` (of all detections, MJD).
-    """
-    good = (dets["catflags"] == 0) & np.isfinite(dets["mag"])
-    frame = pd.DataFrame(
-        {
-            "objectid": dets["objectid"].to_numpy(),
-            "filtercode": dets["filtercode"].astype(str).to_numpy(),
-            "mjd": dets["mjd"].to_numpy(),
-            "good_mag": dets["mag"].where(good).astype(np.float64).to_numpy(),
-            "good": good.to_numpy(),
-        }
-    )
-    grouped = frame.groupby(["objectid", "filtercode"], sort=True)
-    stats = pd.DataFrame(
-        {
-            "nobs": grouped.size(),
-            "ngood": grouped["good"].sum(),
-            "mean_mag": grouped["good_mag"].mean(),
-            "std_mag": grouped["good_mag"].std(ddof=1),
-            "first_mjd": grouped["mjd"].min(),
-            "last_mjd": grouped["mjd"].max(),
-        }
-    ).unstack("filtercode")
-    out = pd.DataFrame(index=stats.index)
-    for band in schema.FILTERCODES:
-        for stat in ("nobs", "ngood", "mean_mag", "std_mag", "first_mjd", "last_mjd"):
-            col = (
-                stats[(stat, band)] if (stat, band) in stats.columns else pd.Series(np.nan, index=stats.index)
-            )
-            out[f"{stat}_{band}"] = col
-    for band in schema.FILTERCODES:
-        for stat in ("nobs", "ngood"):
-            out[f"{stat}_{band}"] = out[f"{stat}_{band}"].fillna(0).astype(np.int32)
-        for stat in ("mean_mag", "std_mag"):
-            out[f"{stat}_{band}"] = out[f"{stat}_{band}"].astype(np.float32)
-    return out.reset_index()
-
-
 def write_detection_partition(
     sources: PartitionSources, order: int, pixel: int, target: pa.Schema, catalog_dir: str
 ) -> int:
@@ -260,7 +217,7 @@ def _statistics_in(
     and the last one, perhaps incomplete, is carried into the next batch.
     """
     lo, hi = index_range(order, pixel)
-    columns = ["objectid", "filtercode", "mjd", "mag", "catflags"]
+    columns = STATISTICS_INPUT.names
     in_range = (pds.field(SPATIAL_INDEX_COLUMN) >= lo) & (pds.field(SPATIAL_INDEX_COLUMN) < hi)
     stats, pending = [], []
     for part in overlapping(detection_parts, order, pixel):
@@ -275,13 +232,13 @@ def _statistics_in(
                 ids = rows.column("objectid").to_numpy()
                 if (ids != ids[-1]).any():
                     cut = len(ids) - int(np.argmax(ids[::-1] != ids[-1]))  # the last object's start
-                    stats.append(object_statistics(rows.slice(0, cut).to_pandas()))
+                    stats.append(object_statistics(rows.slice(0, cut)))
                     pending = rows.slice(cut).to_batches()
     rest = pa.Table.from_batches(pending) if pending else None
     if rest is not None and rest.num_rows:
-        stats.append(object_statistics(rest.to_pandas()))
+        stats.append(object_statistics(rest))
     if not stats:
-        return object_statistics(pd.DataFrame({c: pd.Series(dtype=float) for c in columns}))
+        return object_statistics(STATISTICS_INPUT.empty_table())
     return pd.concat(stats, ignore_index=True)
 
 

@@ -1,0 +1,59 @@
+"""Object statistics: the numpy kernel equals a plain pandas groupby."""
+
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lcstore import schema
+from lcstore.statistics import BAND_STATISTICS, STATISTICS_INPUT, object_statistics
+
+
+def pandas_statistics(dets: pd.DataFrame) -> pd.DataFrame:
+    """The statistics by pandas groupby, the plain way: the oracle for the numpy kernel."""
+    good = (dets["catflags"] == 0) & np.isfinite(dets["mag"])
+    frame = dets.assign(good=good, good_mag=dets["mag"].where(good).astype(np.float64))
+    grouped = frame.groupby(["objectid", "filtercode"])
+    stats = pd.DataFrame(
+        {
+            "nobs": grouped.size(),
+            "ngood": grouped["good"].sum(),
+            "mean_mag": grouped["good_mag"].mean(),
+            "std_mag": grouped["good_mag"].std(ddof=1),
+            "first_mjd": grouped["mjd"].min(),
+            "last_mjd": grouped["mjd"].max(),
+        }
+    ).unstack("filtercode")
+    out = pd.DataFrame({"objectid": stats.index.to_numpy()})
+    for band in schema.FILTERCODES:
+        for stat in BAND_STATISTICS:
+            values = stats[(stat, band)].to_numpy() if (stat, band) in stats.columns else np.nan
+            out[f"{stat}_{band}"] = values
+        for stat in ("nobs", "ngood"):
+            out[f"{stat}_{band}"] = out[f"{stat}_{band}"].fillna(0).astype(np.int32)
+        for stat in ("mean_mag", "std_mag"):
+            out[f"{stat}_{band}"] = out[f"{stat}_{band}"].astype(np.float32)
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 60),
+    data=st.data(),
+)
+def test_object_statistics_equal_pandas_groupby(n, data):
+    ints = lambda lo, hi: hnp.arrays(np.int64, n, elements=st.integers(lo, hi))  # noqa: E731
+    mags = hnp.arrays(np.float32, n, elements=st.sampled_from([np.nan, 15.0, 18.25, 18.5, 21.0, 20.125]))
+    dets = pd.DataFrame(
+        {
+            "objectid": data.draw(ints(0, 6)),
+            "filtercode": np.array(schema.FILTERCODES)[data.draw(ints(0, 2))],
+            "mjd": 58000.0 + data.draw(ints(0, 1000)) / 8,
+            "mag": data.draw(mags),
+            "catflags": data.draw(hnp.arrays(np.int32, n, elements=st.sampled_from([0, 0, 4, 32768]))),
+        }
+    )
+    got = object_statistics(pa.Table.from_pandas(dets, schema=STATISTICS_INPUT))
+    pd.testing.assert_frame_equal(got, pandas_statistics(dets), check_exact=False, rtol=1e-6)

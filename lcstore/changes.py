@@ -14,12 +14,13 @@ Pure numpy/pandas; no I/O.
 from __future__ import annotations
 
 import hashlib
+import itertools
 
 import cdshealpix.nested as cds
 import numpy as np
 import pandas as pd
 
-from lcstore.healpix import index_range
+from lcstore.healpix import index_range, pixel_of
 
 
 def _with_neighbours(pixels: np.ndarray, order: int) -> pd.DataFrame:
@@ -41,6 +42,33 @@ CELL_DELTA = 3
 def cell_order(work_order: int) -> int:
     """Order of the cells units are tracked in."""
     return work_order + CELL_DELTA
+
+
+def cells_of_units(
+    unit_of_row: np.ndarray, index29: np.ndarray, n_units: int, work_order: int
+) -> list[list[int]]:
+    """The cells each unit has rows in, as its ledger records them.
+
+    Parameters
+    ----------
+    unit_of_row : numpy.ndarray
+        Each row's unit, a position in ``range(n_units)``.
+    index29 : numpy.ndarray
+        Each row's order-29 spatial index.
+    n_units : int
+    work_order : int
+        The store's work order; cells are :func:`cell_order` pixels.
+
+    Returns
+    -------
+    list of list of int
+        Per unit, its distinct cells in increasing order.
+    """
+    cells = pixel_of(index29, cell_order(work_order))
+    span = int(cells.max()) + 1 if len(cells) else 1
+    pairs = np.unique(np.asarray(unit_of_row, dtype=np.int64) * span + cells)  # by unit, then cell
+    bounds = np.searchsorted(pairs // span, np.arange(n_units + 1))
+    return [(pairs[a:b] % span).tolist() for a, b in itertools.pairwise(bounds)]
 
 
 def fingerprints(units: pd.DataFrame, order: int, salt: str) -> dict[int, str]:

@@ -42,7 +42,7 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from lcstore import schema
-from lcstore.changes import cell_order
+from lcstore.changes import cells_of_units
 from lcstore.errors import InputFileError, StoreError
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, margin_rows, pixel_of, runs, spatial_index
 from lcstore.io.ztf_products import (
@@ -596,21 +596,17 @@ def stage_batch(
         with timer.step("index"):
             # One chunk: ``take`` over the thousands of per-file slices is 4x slower.
             table = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
-            unit_of_row = np.repeat([row["unit"] for row in ledger], [t.num_rows for t in tables])
-            table = table.append_column(UNIT_COLUMN, pa.array(unit_of_row))
+            unit_of_row = np.repeat(np.arange(len(ledger)), [t.num_rows for t in tables])  # ledger position
             tables.clear()  # the rows live on in ``table``; drop the per-unit references
+            unit_ids = np.array([row["unit"] for row in ledger], dtype=np.int64)
+            table = table.append_column(UNIT_COLUMN, pa.array(unit_ids[unit_of_row]))
             # One spatial-index call per batch: its per-call overhead would dominate per file.
             index = spatial_index(table.column("ra").to_numpy(), table.column("dec").to_numpy())
             table = table.append_column(SPATIAL_INDEX_COLUMN, pa.array(index))
-            cells = pd.DataFrame(
-                {
-                    "unit": table.column(UNIT_COLUMN).to_numpy(),
-                    "cell": pixel_of(index, cell_order(work_order)),
-                }
-            )
-            unit_cells = cells.drop_duplicates().groupby("unit")["cell"].agg(sorted)
-            for row in ledger:
-                row["cells"] = [int(c) for c in unit_cells[row["unit"]]]
+            for row, cells in zip(
+                ledger, cells_of_units(unit_of_row, index, len(ledger), work_order), strict=True
+            ):
+                row["cells"] = cells
             order = np.argsort(index, kind="stable")
             table = table.take(order)
             index = index[order]

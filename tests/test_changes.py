@@ -2,8 +2,17 @@
 
 import numpy as np
 import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from lcstore.changes import CELL_DELTA, cell_order, dirty_pixels, fingerprints, partitions_to_rebuild
+from lcstore.changes import (
+    CELL_DELTA,
+    cell_order,
+    cells_of_units,
+    dirty_pixels,
+    fingerprints,
+    partitions_to_rebuild,
+)
 from lcstore.healpix import pixel_of, spatial_index
 
 ORDER = 6
@@ -59,3 +68,15 @@ def test_partitions_to_rebuild():
     # (7, 201) is new; (7, 200) lies in work pixel (6, 50), which changed.
     assert partitions_to_rebuild(parts, previous, {50}, 6) == [(7, 200), (7, 201)]
     assert partitions_to_rebuild(parts, previous, set(), 6) == [(7, 201)]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 5), st.floats(0, 359.999), st.floats(-89.9, 89.9)), max_size=60)
+)
+def test_cells_of_units_are_the_distinct_cells_of_each_units_rows(rows):
+    unit = np.array([u for u, _, _ in rows], dtype=np.int64)
+    index = spatial_index(np.array([r for _, r, _ in rows]), np.array([d for _, _, d in rows]))
+    got = cells_of_units(unit, index, 6, ORDER)
+    cells = pixel_of(index, cell_order(ORDER))
+    assert got == [sorted(set(cells[unit == u].tolist())) for u in range(6)]

@@ -22,17 +22,6 @@ import pandas as pd
 
 from lcstore.healpix import index_range, pixel_of
 
-
-def _with_neighbours(pixels: np.ndarray, order: int) -> pd.DataFrame:
-    """Pairs (pixel, near): each pixel with itself and its (up to 8) neighbours."""
-    pixels = np.asarray(pixels, dtype=np.int64)
-    if len(pixels) == 0:
-        return pd.DataFrame({"pixel": np.zeros(0, np.int64), "near": np.zeros(0, np.int64)})
-    nbrs = cds.neighbours(pixels.astype(np.uint64), order).astype(np.int64)  # includes itself
-    near = pd.DataFrame({"pixel": np.repeat(pixels, nbrs.shape[1]), "near": nbrs.ravel()})
-    return near[near["near"] >= 0].drop_duplicates()
-
-
 #: Units record which cells (pixels CELL_DELTA orders finer than the work pixels) they
 #: have rows in; a work pixel depends on the cells inside it and on those along its
 #: border, which hold its margin. Cells must be wider than the margin.
@@ -90,27 +79,42 @@ def fingerprints(units: pd.DataFrame, order: int, salt: str) -> dict[int, str]:
         For each work pixel that has rows, a hex digest of the sorted IDs of the units
         with rows in it or in the cells along its border, and of ``salt``.
     """
-    own = units[["unit", "cells"]].explode("cells").dropna()
-    own = own.astype({"cells": np.int64}).rename(columns={"cells": "cell"})
-    cells = np.unique(own["cell"].to_numpy())
-    # A cell concerns its own work pixel and the work pixels of the cells around it.
-    pairs = _cell_pixels(cells, cell_order(order)).merge(own, on="cell")
-    with_data = np.unique(own["cell"].to_numpy() >> (2 * CELL_DELTA))
-    pairs = pairs[pairs["pixel"].isin(with_data)].drop_duplicates(["pixel", "unit"])
+    ids, unit_rank, cell = _unit_cell_pairs(units)
+    if len(cell) == 0:
+        return {}
+    cells, cell_of_pair = np.unique(cell, return_inverse=True)
+    # A cell concerns its own work pixel and the work pixels of the cells around it (if
+    # they have rows): (cell, pixel) pairs, each once, grouped by cell.
+    near = cds.neighbours(cells.astype(np.uint64), cell_order(order)).astype(np.int64)  # with itself
+    near_cell = np.repeat(np.arange(len(cells)), near.shape[1])[near.ravel() >= 0]
+    near_pixel = near.ravel()[near.ravel() >= 0] >> (2 * CELL_DELTA)
+    keep = np.isin(near_pixel, np.unique(cells >> (2 * CELL_DELTA)))
+    n_pixels = 12 << (2 * order)
+    concern = np.unique(near_cell[keep] * n_pixels + near_pixel[keep])
+    first = np.searchsorted(concern // n_pixels, np.arange(len(cells) + 1))
+    # Each unit concerns the pixels its cells concern: (pixel, unit) pairs, each once.
+    reps = np.diff(first)[cell_of_pair]
+    offset = np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps)
+    pixel_of_pair = concern[np.repeat(first[:-1][cell_of_pair], reps) + offset] % n_pixels
+    pairs = np.unique(pixel_of_pair * len(ids) + np.repeat(unit_rank, reps))  # by pixel, then unit
+    pixels, unit = pairs // len(ids), ids[pairs % len(ids)]
+    starts = np.flatnonzero(np.r_[True, np.diff(pixels) != 0])
     out = {}
-    for pixel, group in pairs.sort_values(["pixel", "unit"]).groupby("pixel", sort=False):
+    for start, stop in itertools.pairwise([*starts, len(pixels)]):
         digest = hashlib.sha256(salt.encode())
-        digest.update(group["unit"].to_numpy(dtype=np.int64).tobytes())
-        out[int(pixel)] = digest.hexdigest()[:32]
+        digest.update(unit[start:stop].tobytes())
+        out[int(pixels[start])] = digest.hexdigest()[:32]
     return out
 
 
-def _cell_pixels(cells: np.ndarray, fine: int) -> pd.DataFrame:
-    """Pairs (cell, pixel): the work pixels whose area or border holds each cell."""
-    pairs = _with_neighbours(cells, fine)
-    return pd.DataFrame(
-        {"cell": pairs["pixel"].to_numpy(), "pixel": pairs["near"].to_numpy() >> (2 * CELL_DELTA)}
-    ).drop_duplicates()
+def _unit_cell_pairs(units: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (unit, cell) pair of a ledger frame: the sorted unit IDs, and for each pair the
+    position of its unit among them and its cell."""
+    ids, rank = np.unique(units["unit"].to_numpy(dtype=np.int64), return_inverse=True)
+    cells = units["cells"].to_list()
+    counts = np.fromiter((len(c) for c in cells), dtype=np.int64, count=len(cells))
+    cell = np.concatenate(cells).astype(np.int64) if counts.sum() else np.zeros(0, dtype=np.int64)
+    return ids, np.repeat(rank, counts), cell
 
 
 def dirty_pixels(previous: dict[int, str], current: dict[int, str]) -> set[int]:

@@ -30,7 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +118,18 @@ def discover(directory: str | Path) -> list[str]:
     root = Path(directory)
     if not root.is_dir():
         raise InputFileError(str(root), "is not a directory")
-    return sorted(str(p) for p in root.rglob("*") if p.is_file() and sniff_kind(p) is not None)
+    return sorted(_files_under(str(root)))
+
+
+def _files_under(folder: str) -> Iterator[str]:
+    """Ingestible files under ``folder``, recursively; symbolic links to folders are not
+    followed (as ``Path.rglob``). One ``scandir`` per folder: no ``stat`` of plain files."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _files_under(entry.path)
+            elif sniff_kind(entry.name) is not None and entry.is_file():
+                yield entry.path
 
 
 def hash_file(path: str) -> InputFile:

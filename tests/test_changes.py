@@ -1,5 +1,8 @@
 """Change tracking: which work pixels and partitions a new unit can affect."""
 
+import hashlib
+
+import cdshealpix.nested as cds
 import numpy as np
 import pandas as pd
 from hypothesis import given, settings
@@ -80,3 +83,47 @@ def test_cells_of_units_are_the_distinct_cells_of_each_units_rows(rows):
     got = cells_of_units(unit, index, 6, ORDER)
     cells = pixel_of(index, cell_order(ORDER))
     assert got == [sorted(set(cells[unit == u].tolist())) for u in range(6)]
+
+
+def pandas_fingerprints(units: pd.DataFrame, order: int, salt: str) -> dict[int, str]:
+    """Fingerprints by pandas merges, the plain way: the oracle for the numpy version."""
+    own = units[["unit", "cells"]].explode("cells").dropna()
+    own = own.astype({"cells": np.int64}).rename(columns={"cells": "cell"})
+    if own.empty:
+        return {}
+    cells = np.unique(own["cell"].to_numpy())
+    near = cds.neighbours(cells.astype(np.uint64), cell_order(order)).astype(np.int64)
+    valid = near.ravel() >= 0
+    cell_pixels = pd.DataFrame(
+        {
+            "cell": np.repeat(cells, near.shape[1])[valid],
+            "pixel": near.ravel()[valid] >> (2 * CELL_DELTA),
+        }
+    )
+    pairs = cell_pixels.drop_duplicates().merge(own, on="cell")
+    with_data = np.unique(own["cell"].to_numpy() >> (2 * CELL_DELTA))
+    pairs = pairs[pairs["pixel"].isin(with_data)].drop_duplicates(["pixel", "unit"])
+    out = {}
+    for pixel, group in pairs.sort_values(["pixel", "unit"]).groupby("pixel", sort=False):
+        digest = hashlib.sha256(salt.encode())
+        digest.update(group["unit"].to_numpy(dtype=np.int64).tobytes())
+        out[int(pixel)] = digest.hexdigest()[:32]
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ledger=st.lists(
+        st.tuples(
+            st.integers(1, 2**62),
+            st.lists(st.tuples(st.floats(149.0, 152.0), st.floats(19.0, 22.0)), max_size=8),
+        ),
+        max_size=12,
+        unique_by=lambda row: row[0],
+    )
+)
+def test_fingerprints_equal_the_plain_pandas_computation(ledger):
+    frame = units(
+        *[(u, cells_of([p[0] for p in pos], [p[1] for p in pos]) if pos else []) for u, pos in ledger]
+    )
+    assert fingerprints(frame, ORDER, "salt") == pandas_fingerprints(frame, ORDER, "salt")

@@ -1,9 +1,10 @@
 """Benchmark: an incremental release versus a full rebuild (issue: bimonthly releases).
 
-A simulated survey is delivered twice. DR1 sees everything except the newest exposures
-of a tenth of the footprint (~5% of all detections); DR2 sees everything. The script
-builds DR2 from scratch on one store, and DR1 then DR2 incrementally on another, and
-reports the wall-time ratio and the share of bytes the incremental DR2 wrote.
+A simulated survey is delivered twice, into one folder as a survey's delivery area grows.
+DR1 sees everything except the newest exposures of a tenth of the footprint (~5% of all
+detections); then those files arrive and DR2 sees everything. The script builds DR2 from
+scratch on one store, and DR1 then DR2 incrementally on another, and reports the
+wall-time ratio and the share of bytes the incremental DR2 wrote.
 
     python benchmarks/bench_incremental.py --survey /work/bench/bench20m --work /work/bench/inc
 
@@ -30,8 +31,11 @@ from lcstore.simulate import load_truth
 FAR = parse_date("2030-01-01")
 
 
-def split_delivery(survey: Path, work: Path, sky_fraction: float, row_fraction: float) -> dict:
-    """Hard-link the survey's files into ``base/`` (DR1) and ``full/`` (DR2)."""
+def split_delivery(
+    survey: Path, work: Path, sky_fraction: float, row_fraction: float
+) -> tuple[dict, list[str]]:
+    """Hard-link the survey's files into ``full/`` (all) and ``delivery/`` (those DR1 sees);
+    return a summary and the files held back from DR1."""
     truth = load_truth(survey).detections
     files = truth.groupby("path").agg(mjd=("mjd", "first"), rows=("mjd", "size")).reset_index()
     files["quadrant"] = files["path"].str.extract(r"_(f\d+_c\d+_q\d)_")[0]
@@ -41,7 +45,7 @@ def split_delivery(survey: Path, work: Path, sky_fraction: float, row_fraction: 
     patch = files[files["quadrant"].isin(chosen)].sort_values("mjd", ascending=False)
     budget = row_fraction * files["rows"].sum()
     held = set(patch.loc[patch["rows"].cumsum() <= budget, "path"])
-    for name, keep in (("full", lambda p: True), ("base", lambda p: p not in held)):
+    for name, keep in (("full", lambda p: True), ("delivery", lambda p: p not in held)):
         for rel in files["path"]:
             if keep(rel):
                 dst = work / name / rel
@@ -51,13 +55,22 @@ def split_delivery(survey: Path, work: Path, sky_fraction: float, row_fraction: 
         for f in (survey / "refs").glob("*.parquet"):
             os.link(f, work / name / "refs" / f.name)
     held_rows = int(files.loc[files["path"].isin(held), "rows"].sum())
-    return {
+    summary = {
         "quadrants_total": len(quadrants),
         "quadrants_with_new_data": len(chosen),
         "files_held_back": len(held),
         "rows_held_back": held_rows,
         "rows_total": int(files["rows"].sum()),
     }
+    return summary, sorted(held)
+
+
+def deliver(survey: Path, work: Path, files: list[str]) -> None:
+    """The held-back files arrive in the delivery folder."""
+    for rel in files:
+        dst = work / "delivery" / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.link(survey / rel, dst)
 
 
 def inodes(folder: Path) -> dict[int, int]:
@@ -99,9 +112,9 @@ def main() -> None:
     parser.add_argument("--work-order", type=int, default=6)
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
-    split = split_delivery(args.survey, args.work, sky_fraction=0.10, row_fraction=0.05)
+    split, held = split_delivery(args.survey, args.work, sky_fraction=0.10, row_fraction=0.05)
     print("delivery:", split, flush=True)
-    full, base = args.work / "full", args.work / "base"
+    full, delivery = args.work / "full", args.work / "delivery"
     with dask_client(workers=args.workers) as client:
         print("full build of DR2 from scratch", flush=True)
         t_full, s_full = build(
@@ -116,18 +129,19 @@ def main() -> None:
         print("incremental: DR1, then DR2", flush=True)
         t_dr1, _ = build(
             client,
-            base / "epochs",
-            base / "refs",
+            delivery / "epochs",
+            delivery / "refs",
             args.work / "inc",
             "DR1",
             args.partition_rows,
             args.work_order,
         )
         before = inodes(args.work / "inc")
+        deliver(args.survey, args.work, held)
         t_inc, s_inc = build(
             client,
-            full / "epochs",
-            full / "refs",
+            delivery / "epochs",
+            delivery / "refs",
             args.work / "inc",
             "DR2",
             args.partition_rows,

@@ -256,7 +256,9 @@ def _read_staged(files: list[str], excluded: np.ndarray) -> pa.Table | None:
     """Staged rows from ``files``, without those of excluded units."""
     if not files:
         return None
-    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    # ParquetFile, not read_table: the dataset layer costs a third more per file.
+    tables = [pq.ParquetFile(f).read(use_threads=False) for f in files]
+    table = pa.concat_tables(tables, promote_options="permissive")
     keep = ~np.isin(table.column(UNIT_COLUMN).to_numpy(), excluded)
     return table.filter(pa.array(keep))
 

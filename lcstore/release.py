@@ -211,7 +211,10 @@ class _Leaf:
         if len(groups) == 0:
             return None, QueryStats()
         handle = pq.ParquetFile(self.path, metadata=self.metadata)
-        table = handle.read_row_groups(groups.tolist(), columns=columns, use_threads=False)
+        if len(groups) == 1:  # most cones: 0.1 ms less than read_row_groups of one group
+            table = handle.read_row_group(int(groups[0]), columns=columns, use_threads=False)
+        else:
+            table = handle.read_row_groups(groups.tolist(), columns=columns, use_threads=False)
         size = self._sizes[np.ix_(groups, [self._column[c] for c in columns])].sum()
         return table, QueryStats(1, len(groups), int(size))
 

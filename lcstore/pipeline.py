@@ -44,8 +44,9 @@ from lcstore.ingest import (
     hash_files,
     read_ledger,
     remove_uncommitted,
-    stage_batch,
+    stage_listed_batch,
     staged_bytes,
+    write_batch_list,
 )
 from lcstore.manifest import ReleaseState, read_state, write_state
 from lcstore.match import HISTOGRAM_ORDER, MatchParams, PixelResult, match_pixel
@@ -209,7 +210,12 @@ def _batches(files: list[InputFile], max_bytes: int, workers: int) -> list[list[
 
 
 def _ingest(
-    client: Client, config: BuildConfig, store: Store, report: BuildReport, say: Callable[[str], None]
+    client: Client,
+    config: BuildConfig,
+    store: Store,
+    report: BuildReport,
+    say: Callable[[str], None],
+    build_dir: Path,
 ) -> None:
     ledger = read_ledger(store.path)
     known = set(ledger["sha256"])
@@ -235,16 +241,20 @@ def _ingest(
                 fresh[f.sha256] = f
         batches = _batches(list(fresh.values()), config.batch_bytes, len(client.scheduler_info()["workers"]))
         with timer.step("staging"):
+            lists = [build_dir / "ingest" / f"{kind}-{i}.parquet" for i in range(len(batches))]
+            for batch, path in zip(batches, lists, strict=True):
+                write_batch_list(batch, path)
             futures = client.map(
-                stage_batch,
+                stage_listed_batch,
                 [kind] * len(batches),
-                batches,
+                [str(path) for path in lists],
                 store=str(store.path),
                 work_order=store.work_order,
                 margin_arcsec=config.margin,
                 pure=False,
             )
             results: list[BatchResult] = client.gather(futures)
+            shutil.rmtree(build_dir / "ingest", ignore_errors=True)
         for r in results:
             report.files_ingested += r.files
             report.quarantined += [asdict(q) for q in r.quarantined]
@@ -588,7 +598,7 @@ def _build_locked(
     build_dir = new_build_dir(store, config.release)
     try:
         with _stage(report, "ingest", say):
-            _ingest(client, config, store, report, say)
+            _ingest(client, config, store, report, say, build_dir)
             # A worker lost mid-write leaves its temporary file; Dask reran the task.
             remove_temporaries(store.path / "staging")
             remove_temporaries(store.path / "ledger")

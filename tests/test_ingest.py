@@ -19,7 +19,9 @@ from lcstore.ingest import (
     read_ledger,
     read_units,
     stage_batch,
+    stage_listed_batch,
     validate_epochs,
+    write_batch_list,
 )
 
 
@@ -174,6 +176,15 @@ def test_stage_batch_quarantines_bad_files_and_stages_the_rest(tmp_path, good_ep
     ledger = read_ledger(store)
     assert ledger["path"].tolist() == [good]
     assert ledger["nrows"].sum() == len(good_epoch)
+
+
+def test_a_listed_batch_stages_as_the_batch_itself(tmp_path, good_epoch):
+    files = [hash_file(_write(good_epoch.iloc[i::2], tmp_path / f"{i}.parquet")) for i in range(2)]
+    write_batch_list(files, tmp_path / "list.parquet")
+    listed = stage_listed_batch(EPOCHS, str(tmp_path / "list.parquet"), str(tmp_path / "a"), 6, 10.0)
+    direct = stage_batch(EPOCHS, files, str(tmp_path / "b"), 6, 10.0)
+    assert (listed.batch, listed.files, listed.rows) == (direct.batch, direct.files, direct.rows)
+    pd.testing.assert_frame_equal(read_ledger(tmp_path / "a"), read_ledger(tmp_path / "b"))
 
 
 def test_batch_without_ledger_file_is_invisible(tmp_path, good_epoch):

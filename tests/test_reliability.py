@@ -689,7 +689,7 @@ def assert_truth_and_calm(store: Path, survey: Path, calm: Path, report) -> None
 #: Ingest kills a worker running ``stage_batch`` (after the hashing tasks); match and
 #: write kill a worker running any task while the stage is open.
 WORKER_KILLS = (
-    ("ingest", "building release", "[ingest] done", "stage_batch"),
+    ("ingest", "building release", "[ingest] done", "stage_listed_batch"),
     ("match", "[ingest] done", "[match] done", ""),
     ("write", "[match] done", "[write] done", ""),
 )

@@ -722,6 +722,14 @@ def remove_uncommitted(store: str | Path) -> list[Path]:
     return stale
 
 
+def withdraw_batches(store: str | Path, batches: Iterable[str]) -> None:
+    """Undo the ingest of ``batches``: their ledger files first (a batch counts only through
+    its ledger file), then their staging files. Call only while holding the store's lock."""
+    for batch in batches:
+        (Path(store) / "ledger" / f"{batch}.parquet").unlink(missing_ok=True)
+    remove_uncommitted(store)
+
+
 def staged_pixels(store: str | Path, kind: str) -> list[int]:
     """Work pixels that have staging files of ``kind``."""
     folder = Path(store) / "staging" / kind

@@ -46,6 +46,7 @@ from lcstore.ingest import (
     remove_uncommitted,
     stage_listed_batch,
     staged_bytes,
+    withdraw_batches,
     write_batch_list,
 )
 from lcstore.manifest import ReleaseState, read_state, write_state
@@ -216,7 +217,9 @@ def _ingest(
     report: BuildReport,
     say: Callable[[str], None],
     build_dir: Path,
-) -> None:
+) -> list[str]:
+    """Ingest the new input files; return the IDs of the batches staged."""
+    staged = []
     ledger = read_ledger(store.path)
     known = set(ledger["sha256"])
     signatures = set(zip(ledger["path"], ledger["size"], ledger["mtime_ns"], strict=True))
@@ -256,6 +259,7 @@ def _ingest(
             results: list[BatchResult] = client.gather(futures)
             shutil.rmtree(build_dir / "ingest", ignore_errors=True)
         for r in results:
+            staged.append(r.batch)
             report.files_ingested += r.files
             report.quarantined += [asdict(q) for q in r.quarantined]
             add_seconds(report.task_seconds, {f"ingest {k}": v for k, v in r.seconds.items()})
@@ -264,6 +268,7 @@ def _ingest(
             f"  {kind}: {len(paths):,} files, {sum(r.files for r in results):,} newly ingested "
             f"({sum(r.rows for r in results):,} rows; {took})"
         )
+    return staged
 
 
 def _units_in_use(ledger: pd.DataFrame, selection, cutoffs: Cutoffs) -> pd.DataFrame:
@@ -517,13 +522,23 @@ def _write_refmap(
     pq.write_table(refmap, build_dir / "refmap.parquet")
 
 
-def _strict_message(report: BuildReport, what: str) -> str:
-    details = [f"{q['path']}: {q['reason']}" for q in report.quarantined] + report.conflicts
+def _strict_message(release: str, what: str, details: list[str]) -> str:
     return (
-        f"strict build of {report.release} stopped, nothing published: {what} inputs:\n  "
+        f"strict build of {release} stopped, nothing published: {what} inputs:\n  "
         + "\n  ".join(details)
         + "\nfix or remove these files, or build without --strict to quarantine them"
     )
+
+
+def _new_conflicts(store: Store, batches: list[str], conflicts: list[str]) -> list[str]:
+    """The conflicts the batches brought: those the ledger without them does not have.
+
+    A conflict among units that earlier builds staged was resolved and reported by them;
+    a strict build stops only for the inputs it meets itself.
+    """
+    ledger = read_ledger(store.path)
+    before = set(select_units(ledger[~ledger["batch"].isin(batches)]).conflicts)
+    return [c for c in conflicts if c not in before]
 
 
 def build_release(config: BuildConfig, client: Client, say: Callable[[str], None] = print) -> BuildReport:
@@ -598,15 +613,18 @@ def _build_locked(
     build_dir = new_build_dir(store, config.release)
     try:
         with _stage(report, "ingest", say):
-            _ingest(client, config, store, report, say, build_dir)
+            staged = _ingest(client, config, store, report, say, build_dir)
             # A worker lost mid-write leaves its temporary file; Dask reran the task.
             remove_temporaries(store.path / "staging")
             remove_temporaries(store.path / "ledger")
         if config.strict and report.quarantined:
-            raise StrictBuildError(_strict_message(report, "quarantined"))
+            quarantined = [f"{q['path']}: {q['reason']}" for q in report.quarantined]
+            raise StrictBuildError(_strict_message(config.release, "quarantined", quarantined))
         state = _build(client, config, store, build_dir, report, say)
-        if config.strict and report.conflicts:
-            raise StrictBuildError(_strict_message(report, "conflicts"))
+        if config.strict and (conflicts := _new_conflicts(store, staged, report.conflicts)):
+            # Not kept: the next build meets the files again, as they then are.
+            withdraw_batches(store.path, staged)
+            raise StrictBuildError(_strict_message(config.release, "conflicting", conflicts))
         report.seconds["total"] = round(time.perf_counter() - start, 3)
         info = {
             "name": config.release,

@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -177,8 +178,8 @@ class PixelMatch:
         refmap["filtercode"] = refmap["filtercode"].astype(pd.ArrowDtype(pa.string()))
         ids = self.reference_objects[schema.OBJECTID].to_numpy()
         refmap[schema.OBJECTID] = ids[source_object[inside]]
-        keys = refmap[["field", "filtercode", "ccdid", "qid", "refsid"]].itertuples(index=False)
-        refmap.insert(0, "ztf_oid", [schema.ztf_objectid(*k) for k in keys])
+        key = [refmap[c].to_numpy() for c in ("field", "filtercode", "ccdid", "qid", "refsid")]
+        refmap.insert(0, "ztf_oid", schema.ztf_objectid(*key))
         return refmap[REFMAP_COLUMNS]
 
     def match(self, dets: pa.Table) -> pa.Table:
@@ -398,6 +399,24 @@ def _as_int64(values: np.ndarray) -> np.ndarray:
     return values.astype(np.int64)
 
 
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S1, _S2, _S3 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+
+@numba.njit(cache=True)
+def _mix_into(row_hash: np.ndarray, bits: np.ndarray, multiplier: np.uint64) -> None:
+    """``row_hash ^= hash(bits) * multiplier``, with the 64-bit hash of
+    ``pandas.util.hash_array`` (splitmix64's finaliser), in one pass."""
+    for i in range(len(bits)):
+        x = bits[i]
+        x ^= x >> _S1
+        x *= _M1
+        x ^= x >> _S2
+        x *= _M2
+        x ^= x >> _S3
+        row_hash[i] ^= x * multiplier
+
+
 def cell_sums(table: pa.Table, columns: list[str], order: int) -> dict[int, tuple[int, int]]:
     """Per cell (pixel of ``order`` holding the row's ``_healpix_29``): the wrapping sum of
     its rows' hashes and its row count.
@@ -413,7 +432,7 @@ def cell_sums(table: pa.Table, columns: list[str], order: int) -> dict[int, tupl
     for i, c in enumerate(columns):
         values = _as_int64(table.column(c).to_numpy(zero_copy_only=False))
         # Distinct multipliers per column so that swapping two columns' values shows.
-        row_hash ^= pd.util.hash_array(values) * np.uint64(2 * i + 1)
+        _mix_into(row_hash, values.view(np.uint64), np.uint64(2 * i + 1))
     order_ = np.argsort(cells, kind="stable")
     cells, row_hash = cells[order_], row_hash[order_]
     starts = np.flatnonzero(np.r_[True, np.diff(cells) != 0])

@@ -6,6 +6,7 @@ object and a detection look like. See docs/inputs.md for the user-facing descrip
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 #: Filter codes, in band order, as ZTF names them.
@@ -77,18 +78,27 @@ MJD_MIN = 0.0
 MJD_MAX = 88069.0
 
 
-def ztf_objectid(field: int, filtercode: str, ccdid: int, qid: int, refsid: int) -> int:
-    """ZTF data-release object id of one reference source.
+def ztf_objectid(field, filtercode, ccdid, qid, refsid):
+    """ZTF data-release object id of reference sources.
 
     ZTF lightcurve releases number objects as
     ``field * 10**12 + filterid * 10**11 + ccdid * 10**9 + qid * 10**8 + refsid``.
     lcstore keeps this mapping so that an id a user copied from IRSA still finds the
     (single) lcstore object that absorbed it.
+
+    Parameters
+    ----------
+    field, ccdid, qid, refsid : int or array of int
+    filtercode : str or array of str
+        ``zg``, ``zr`` or ``zi``.
+
+    Returns
+    -------
+    int or numpy.ndarray
+        An int for scalar arguments, else an int64 array.
     """
-    return (
-        int(field) * 10**12
-        + FILTER_IDS[filtercode] * 10**11
-        + int(ccdid) * 10**9
-        + int(qid) * 10**8
-        + int(refsid)
-    )
+    filterid = np.vectorize(FILTER_IDS.__getitem__, otypes=[np.int64])(filtercode)
+    parts = (field, filterid, ccdid, qid, refsid)
+    field, filterid, ccdid, qid, refsid = (np.asarray(x, dtype=np.int64) for x in parts)
+    oid = field * 10**12 + filterid * 10**11 + ccdid * 10**9 + qid * 10**8 + refsid
+    return int(oid) if oid.ndim == 0 else oid

@@ -526,14 +526,20 @@ def test_strict_build_passes_once_a_quarantined_file_is_removed(corpus, build, t
     assert (store / "LATEST").read_text().strip() == "DR2"
 
 
-def test_strict_build_passes_once_a_conflicting_file_is_removed(corpus, build, tmp_path):
+def _with_a_conflicting_copy(corpus, tmp_path) -> tuple[Path, Path, Path, Path]:
+    """DR1's inputs plus a second content for one of its exposure-quadrants, and a copy of
+    the DR1 store: (epochs, refs, the conflicting file, store)."""
     epochs1, refs1 = corpus.dr1_inputs
     epochs = tmp_path / "epochs"
     shutil.copytree(epochs1, epochs)
     original = sorted(epochs.rglob("*_v1.parquet"))[0]
     altered = original.with_name("conflicting_copy.parquet")
     altered.write_bytes(parquet(pd.read_parquet(original).assign(mag=lambda f: f["mag"] + np.float32(0.5))))
-    store = copy_store(corpus, tmp_path)
+    return epochs, refs1, altered, copy_store(corpus, tmp_path)
+
+
+def test_strict_build_passes_once_a_conflicting_file_is_removed(corpus, build, tmp_path):
+    epochs, refs1, altered, store = _with_a_conflicting_copy(corpus, tmp_path)
     ledger_before = sorted((store / "ledger").iterdir())
     with pytest.raises(StrictBuildError, match="conflicting inputs"):
         build(epochs, refs1, store, "DR2", strict=True)
@@ -546,13 +552,7 @@ def test_strict_build_passes_once_a_conflicting_file_is_removed(corpus, build, t
 
 def test_strict_build_passes_over_a_conflict_an_earlier_build_reported(corpus, build, tmp_path):
     """A conflict staged by an earlier (non-strict) build was resolved and reported there."""
-    epochs1, refs1 = corpus.dr1_inputs
-    epochs = tmp_path / "epochs"
-    shutil.copytree(epochs1, epochs)
-    original = sorted(epochs.rglob("*_v1.parquet"))[0]
-    altered = original.with_name("conflicting_copy.parquet")
-    altered.write_bytes(parquet(pd.read_parquet(original).assign(mag=lambda f: f["mag"] + np.float32(0.5))))
-    store = copy_store(corpus, tmp_path)
+    epochs, refs1, _, store = _with_a_conflicting_copy(corpus, tmp_path)
     assert len(build(epochs, refs1, store, "DR2").conflicts) == 1
     report = build(epochs, refs1, store, "DR3", strict=True)
     assert len(report.conflicts) == 1  # still reported, but it does not stop the build

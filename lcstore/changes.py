@@ -86,8 +86,9 @@ def fingerprints(units: pd.DataFrame, order: int, salt: str) -> dict[int, str]:
     # A cell concerns its own work pixel and the work pixels of the cells around it (if
     # they have rows): (cell, pixel) pairs, each once, grouped by cell.
     near = cds.neighbours(cells.astype(np.uint64), cell_order(order)).astype(np.int64)  # with itself
-    near_cell = np.repeat(np.arange(len(cells)), near.shape[1])[near.ravel() >= 0]
-    near_pixel = near.ravel()[near.ravel() >= 0] >> (2 * CELL_DELTA)
+    valid = near.ravel() >= 0  # no neighbour there (-1)
+    near_cell = np.repeat(np.arange(len(cells)), near.shape[1])[valid]
+    near_pixel = near.ravel()[valid] >> (2 * CELL_DELTA)
     keep = np.isin(near_pixel, np.unique(cells >> (2 * CELL_DELTA)))
     n_pixels = 12 << (2 * order)
     concern = np.unique(near_cell[keep] * n_pixels + near_pixel[keep])

@@ -657,9 +657,8 @@ def stage_listed_batch(
 ) -> BatchResult:
     """:func:`stage_batch` of the files recorded by :func:`write_batch_list`."""
     listed = pq.read_table(batch_list).to_pydict()
-    files = [
-        InputFile(*row) for row in zip(*(listed[n] for n in InputFile.__dataclass_fields__), strict=True)
-    ]
+    columns = [listed[name] for name in InputFile.__dataclass_fields__]
+    files = [InputFile(*row) for row in zip(*columns, strict=True)]
     return stage_batch(kind, files, store, work_order, margin_arcsec)
 
 

@@ -78,7 +78,13 @@ MJD_MIN = 0.0
 MJD_MAX = 88069.0
 
 
-def ztf_objectid(field, filtercode, ccdid, qid, refsid):
+def ztf_objectid(
+    field: int | np.ndarray,
+    filtercode: str | np.ndarray,
+    ccdid: int | np.ndarray,
+    qid: int | np.ndarray,
+    refsid: int | np.ndarray,
+) -> int | np.ndarray:
     """ZTF data-release object id of reference sources.
 
     ZTF lightcurve releases number objects as

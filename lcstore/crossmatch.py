@@ -45,7 +45,7 @@ def arcsec_of_chord(chord: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def _column_of(u: float, v: float, u0: float, v0: float, cell: float, nu: int, nv: int) -> tuple:
+def column_of(u: float, v: float, u0: float, v0: float, cell: float, nu: int, nv: int) -> tuple:
     iu = min(max(int((u - u0) / cell), 0), nu - 1)
     iv = min(max(int((v - v0) / cell), 0), nv - 1)
     return iu, iv
@@ -76,7 +76,7 @@ def _bucket(xyz, a_u, a_v, u0, v0, cell, nu, nv, block):
     key = np.empty(m, dtype=np.int64)
     counts = np.zeros((nu * nv + block - 1) // block + 1, dtype=np.int64)
     for j in range(m):
-        iu, iv = _column_of(xyz[j, a_u], xyz[j, a_v], u0, v0, cell, nu, nv)
+        iu, iv = column_of(xyz[j, a_u], xyz[j, a_v], u0, v0, cell, nu, nv)
         key[j] = (iu * nv + iv) // block
         counts[key[j] + 1] += 1
     start = np.cumsum(counts)
@@ -94,7 +94,7 @@ def _bucket(xyz, a_u, a_v, u0, v0, cell, nu, nv, block):
 
 
 @numba.njit(cache=True)
-def _span(f: float) -> tuple:
+def search_span(f: float) -> tuple:
     """Grid columns to search along one axis, for a query at grid coordinate ``f``.
 
     Cells are at least twice the search chord, so a match lies in the query's own column
@@ -103,6 +103,19 @@ def _span(f: float) -> tuple:
     i = int(np.floor(f))
     lo = i - 1 if f - i < 0.5 else i
     return lo, lo + 1
+
+
+@numba.njit(cache=True)
+def search_columns(u: float, v: float, u0: float, v0: float, cell: float, nu: int, nv: int) -> tuple:
+    """Columns ``(cu_lo, cu_hi, cv_lo, cv_hi)`` (inclusive) that hold every point within
+    the chord of a point at grid coordinates ``(u, v)``; an empty range beside the grid."""
+    cu_lo, cu_hi = search_span((u - u0) / cell)
+    cv_lo, cv_hi = search_span((v - v0) / cell)
+    cu_lo, cu_hi = max(cu_lo, 0), min(cu_hi, nu - 1)
+    cv_lo, cv_hi = max(cv_lo, 0), min(cv_hi, nv - 1)
+    if cv_lo > cv_hi:  # beside the grid: no point near
+        cu_hi = cu_lo - 1
+    return cu_lo, cu_hi, cv_lo, cv_hi
 
 
 @numba.njit(cache=True)
@@ -115,12 +128,8 @@ def _nearest(qxyz, qorder, txyz, start, torder, a_u, a_v, u0, v0, cell, nu, nv, 
     for k in range(n):
         q0, q1, q2 = qxyz[k, 0], qxyz[k, 1], qxyz[k, 2]
         found, found_d2 = -1, np.inf
-        cu_lo, cu_hi = _span((qxyz[k, a_u] - u0) / cell)
-        cv_lo, cv_hi = _span((qxyz[k, a_v] - v0) / cell)
-        cv_lo, cv_hi = max(cv_lo, 0), min(cv_hi, nv - 1)
-        if cv_lo > cv_hi:  # beside the grid: no target near
-            cu_hi = cu_lo - 1
-        for cu in range(max(cu_lo, 0), min(cu_hi, nu - 1) + 1):
+        cu_lo, cu_hi, cv_lo, cv_hi = search_columns(qxyz[k, a_u], qxyz[k, a_v], u0, v0, cell, nu, nv)
+        for cu in range(cu_lo, cu_hi + 1):
             # Columns (cu, cv_lo..cv_hi) are adjacent in memory: one run of targets.
             for s in range(start[cu * nv + cv_lo], start[cu * nv + cv_hi + 1]):
                 d0 = q0 - txyz[s, 0]
@@ -135,6 +144,33 @@ def _nearest(qxyz, qorder, txyz, start, torder, a_u, a_v, u0, v0, cell, nu, nv, 
         best[qorder[k]] = found
         best_d2[qorder[k]] = found_d2
     return best, best_d2
+
+
+def grid_over(xyz: np.ndarray, chord: float) -> tuple:
+    """The grid of columns for points ``xyz`` (unit vectors, shape (n, 3)) and a search chord.
+
+    Returns ``(a_u, a_v, u0, v0, cell, nu, nv)``: the two axes the grid spans, its origin,
+    its cell (at least twice the chord) and its number of cells along each axis; the
+    column of a point is :func:`column_of`.
+    """
+    # Columns run along the axis the data face most; the grid spans the other two.
+    lo, hi, total = _bounds(xyz)
+    axis = int(np.argmax(np.abs(total)))
+    a_u, a_v = [a for a in range(3) if a != axis]
+    extent = max(hi[a_u] - lo[a_u], hi[a_v] - lo[a_v], chord)
+    # About as many columns as points (a few per column), and never more than MAX_COLUMNS:
+    # the table stays small for small point sets, which association calls often.
+    columns = min(MAX_COLUMNS, 4 * len(xyz))
+    cell = max(2.0 * chord, extent / np.sqrt(columns)) * (1.0 + 1e-9)
+    nu = int((hi[a_u] - lo[a_u]) / cell) + 1
+    nv = int((hi[a_v] - lo[a_v]) / cell) + 1
+    return a_u, a_v, lo[a_u], lo[a_v], cell, nu, nv
+
+
+def padded_chord2(radius_arcsec: float) -> float:
+    """Squared chord of a radius, padded by a relative 1e-12 so that a point at exactly the
+    radius matches despite rounding in the chord."""
+    return (chord_of(radius_arcsec) * (1.0 + 1e-12)) ** 2
 
 
 def nearest_within(
@@ -164,24 +200,10 @@ def nearest_within(
     if len(query_xyz) == 0 or len(target_xyz) == 0:
         return np.full(len(query_xyz), -1, dtype=np.int64), np.full(len(query_xyz), np.nan)
     chord = chord_of(radius_arcsec)
-    # Columns run along the axis the data face most; the grid spans the other two.
-    lo, hi, total = _bounds(target_xyz)
-    axis = int(np.argmax(np.abs(total)))
-    a_u, a_v = [a for a in range(3) if a != axis]
-    extent = max(hi[a_u] - lo[a_u], hi[a_v] - lo[a_v], chord)
-    # About as many columns as targets (a few per column), and never more than MAX_COLUMNS:
-    # the table stays small for small target sets, which association calls often.
-    columns = min(MAX_COLUMNS, 4 * len(target_xyz))
-    cell = max(2.0 * chord, extent / np.sqrt(columns)) * (1.0 + 1e-9)
-    nu = int((hi[a_u] - lo[a_u]) / cell) + 1
-    nv = int((hi[a_v] - lo[a_v]) / cell) + 1
-    grid = (a_u, a_v, lo[a_u], lo[a_v], cell, nu, nv)
+    grid = grid_over(target_xyz, chord)
     start, torder, targets = _bucket(target_xyz, *grid, 1)
     _, qorder, queries = _bucket(query_xyz, *grid, QUERY_BLOCK)
-    # The radius is padded by a relative 1e-12 so a target at exactly the radius matches
-    # despite rounding in the chord.
-    chord2 = (chord * (1.0 + 1e-12)) ** 2
-    best, best_d2 = _nearest(queries, qorder, targets, start, torder, *grid, chord2)
+    best, best_d2 = _nearest(queries, qorder, targets, start, torder, *grid, padded_chord2(radius_arcsec))
     sep = np.where(best >= 0, arcsec_of_chord(np.sqrt(best_d2)), np.nan)
     return best, sep
 

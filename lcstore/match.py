@@ -102,10 +102,20 @@ def _unique_ids(ids: np.ndarray) -> np.ndarray:
         ids[order[dup]] += 1
 
 
-def _catalog_rank(refs: pd.DataFrame) -> np.ndarray:
-    keys = refs[list(schema.REF_CATALOG_KEY)].copy()
-    keys["filtercode"] = keys["filtercode"].map({f: i for i, f in enumerate(schema.FILTERCODES)})
-    return keys.groupby(list(keys.columns), sort=True).ngroup().to_numpy()
+def catalog_rank(refs: pd.DataFrame) -> np.ndarray:
+    """Rank of each reference source's catalog in the order of its key
+    (:data:`lcstore.schema.REF_CATALOG_KEY`; filters in :data:`lcstore.schema.FILTERCODES`
+    order)."""
+    filters = pd.Categorical(refs["filtercode"], categories=schema.FILTERCODES).codes
+    keys = [filters if c == "filtercode" else refs[c].to_numpy() for c in schema.REF_CATALOG_KEY]
+    order = np.lexsort(keys[::-1])
+    starts = np.zeros(len(order), dtype=bool)
+    for key in keys:
+        ordered = key[order]
+        starts[1:] |= ordered[1:] != ordered[:-1]
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.cumsum(starts)
+    return rank
 
 
 def _time_order(dets: pa.Table) -> np.ndarray:
@@ -154,7 +164,7 @@ class PixelMatch:
         self.timer = timer or StepTimer()
         with self.timer.step("associate"):
             assoc = associate_references(
-                refs["ra"].to_numpy(), refs["dec"].to_numpy(), _catalog_rank(refs), params.radius_arcsec
+                refs["ra"].to_numpy(), refs["dec"].to_numpy(), catalog_rank(refs), params.radius_arcsec
             )
         seeds = refs.iloc[assoc.seed]
         self.reference_objects = _objects(

@@ -5,12 +5,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lcstore import schema
 from lcstore.embargo import Cutoffs, parse_date
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, spatial_index
 from lcstore.ingest import UNIT_COLUMN, read_units
-from lcstore.match import MatchParams, PixelMatch, cell_sums
+from lcstore.match import MatchParams, PixelMatch, catalog_rank, cell_sums
 
 ORDER = 4  # one work pixel holds the whole tiny survey
 PARAMS = MatchParams(ORDER, 1.5, 10.0, Cutoffs(parse_date("2030-01-01"), parse_date("2030-01-01")))
@@ -61,6 +63,25 @@ def test_chunks_in_any_order_give_the_same_objects_and_detections(pixel_rows, se
     pd.testing.assert_frame_equal(chunked_objects, whole_objects)
     assert len(whole_dets) == dets.num_rows
     assert (~whole_objects[schema.HAS_REF]).sum() > 0  # detection-only objects are exercised
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 400))
+def test_catalog_rank_orders_catalogs_by_their_key(seed, n):
+    """The rank decides which source seeds an object: it must follow the key, filters in
+    FILTERCODES order (not alphabetical: zg, zr, zi)."""
+    rng = np.random.default_rng(seed)
+    refs = pd.DataFrame(
+        {
+            "field": rng.integers(1, 4, n).astype(np.int32) * 300,
+            "ccdid": rng.integers(1, 3, n).astype(np.int8),
+            "qid": rng.integers(1, 3, n).astype(np.int8),
+            "filtercode": pd.array(rng.choice(schema.FILTERCODES, n), dtype="string"),
+        }
+    )
+    keys = refs.assign(filtercode=refs["filtercode"].map({f: i for i, f in enumerate(schema.FILTERCODES)}))
+    expected = keys.groupby(list(schema.REF_CATALOG_KEY), sort=True).ngroup().to_numpy()
+    assert catalog_rank(refs).tolist() == expected.tolist()
 
 
 def test_cell_sums_are_sums_of_pandas_row_hashes():

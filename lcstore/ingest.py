@@ -14,12 +14,13 @@ Rows near a work pixel's border are also filed, at ingest, under the neighbourin
 whose margin band they lie in: a pixel's match then reads its own staging folders and no
 one else's.
 
-Store layout written here::
+Store layout written here (staging files are LZ4-compressed Arrow IPC, read once per
+build that matches their pixel; stores of format 2 also hold Parquet ones)::
 
-    STORE/staging/epochs/<work pixel>/<batch>.parquet
-    STORE/staging/epochs-margin/<work pixel>/<batch>.parquet   (rows of neighbours)
-    STORE/staging/refs/<work pixel>/<batch>.parquet
-    STORE/staging/refs-margin/<work pixel>/<batch>.parquet
+    STORE/staging/epochs/<work pixel>/<batch>.arrow
+    STORE/staging/epochs-margin/<work pixel>/<batch>.arrow   (rows of neighbours)
+    STORE/staging/refs/<work pixel>/<batch>.arrow
+    STORE/staging/refs-margin/<work pixel>/<batch>.arrow
     STORE/ledger/<batch>.parquet
 """
 
@@ -52,7 +53,7 @@ from lcstore.io.ztf_products import (
     sniff_kind,
 )
 from lcstore.timing import StepTimer
-from lcstore.write import atomic_write_table
+from lcstore.write import atomic_write_arrow, atomic_write_table, read_arrow
 
 #: Row column naming the ledger unit a staged row came from.
 UNIT_COLUMN = "_unit"
@@ -627,13 +628,13 @@ def stage_batch(
             for start, end in runs(pixels):
                 pixel = int(pixels[start])
                 part = table.slice(start, end - start)
-                atomic_write_table(part, staging_dir(store, kind, pixel) / f"{batch}.parquet")
+                atomic_write_arrow(part, staging_dir(store, kind, pixel) / f"{batch}{STAGING_SUFFIX}", "lz4")
                 band = margin_rows(index[start:end], work_order, pixel, margin_arcsec)
                 for nbr, positions in band.items():
                     margins.setdefault(nbr, []).append(part.take(positions))
             for nbr, parts in margins.items():
-                path = staging_dir(store, kind, nbr, margin=True) / f"{batch}.parquet"
-                atomic_write_table(pa.concat_tables(parts), path)
+                path = staging_dir(store, kind, nbr, margin=True) / f"{batch}{STAGING_SUFFIX}"
+                atomic_write_arrow(pa.concat_tables(parts), path, "lz4")
         rows = table.num_rows
     # The ledger file is written last: it is what makes the batch's staging files count.
     atomic_write_table(
@@ -683,6 +684,11 @@ def read_ledger(store: str | Path) -> pd.DataFrame:
     return pa.concat_tables(tables).to_pandas()
 
 
+#: Suffix of the staging files this version writes (format 3), and of those it reads.
+STAGING_SUFFIX = ".arrow"
+STAGING_SUFFIXES = frozenset({STAGING_SUFFIX, ".parquet"})
+
+
 def staging_dir(store: str | Path, kind: str, pixel: int, margin: bool = False) -> Path:
     """Folder of one work pixel's staged rows of ``kind``, or of the rows in its margin."""
     return Path(store) / "staging" / (f"{kind}-margin" if margin else kind) / str(pixel)
@@ -694,8 +700,18 @@ def staged_files(store: str | Path, kind: str, pixel: int, batches: set[str]) ->
     for margin in (False, True):
         folder = staging_dir(store, kind, pixel, margin)
         if folder.is_dir():
-            files += sorted(str(p) for p in folder.glob("*.parquet") if p.stem in batches)
+            files += sorted(
+                str(p) for p in folder.iterdir() if p.suffix in STAGING_SUFFIXES and p.stem in batches
+            )
     return files
+
+
+def read_staged_file(path: str) -> pa.Table:
+    """The rows of one staging file, of this format or of format 2 (Parquet)."""
+    if path.endswith(".parquet"):
+        # ParquetFile, not read_table: the dataset layer costs a third more per file.
+        return pq.ParquetFile(path).read(use_threads=False)
+    return read_arrow(path)
 
 
 def staged_bytes(store: str | Path, pixel: int, batches: set[str]) -> int:

@@ -30,7 +30,6 @@ import numba
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lcstore import schema
 from lcstore.associate import associate_references
@@ -39,10 +38,14 @@ from lcstore.crossmatch import nearest_within
 from lcstore.embargo import Cutoffs, eligible
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, runs, unit_vectors
 from lcstore.index import histogram
-from lcstore.ingest import EPOCHS, REFS, UNIT_COLUMN, staged_files
+from lcstore.ingest import EPOCHS, REFS, UNIT_COLUMN, read_staged_file, staged_files
 from lcstore.timing import StepTimer
 from lcstore.transients import leader_cluster
 from lcstore.write import SORTED_RUN_SUFFIX, atomic_write_table, write_sorted_run
+
+#: Version of what the match step makes of given staged rows. It is part of every work
+#: pixel's fingerprint: a new version rematches every pixel of a store's next build.
+MATCH_VERSION = 2
 
 #: Order of the row-count histograms the match step returns for partition planning.
 HISTOGRAM_ORDER = 12
@@ -267,8 +270,7 @@ def _read_staged(files: list[str], excluded: np.ndarray) -> pa.Table | None:
     """Staged rows from ``files``, without those of excluded units."""
     if not files:
         return None
-    # ParquetFile, not read_table: the dataset layer costs a third more per file.
-    tables = [pq.ParquetFile(f).read(use_threads=False) for f in files]
+    tables = [read_staged_file(f) for f in files]
     table = pa.concat_tables(tables, promote_options="permissive")
     keep = ~np.isin(table.column(UNIT_COLUMN).to_numpy(), excluded)
     return table.filter(pa.array(keep))

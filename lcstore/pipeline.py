@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from distributed import Client, LocalCluster
+from distributed import Client, Future, LocalCluster
 
 from lcstore import schema
-from lcstore.changes import cell_order, dirty_pixels, fingerprints, partitions_to_rebuild
+from lcstore.changes import cell_order, dirty_pixels, fingerprints, overlapping, partitions_to_rebuild
 from lcstore.embargo import Cutoffs, eligible
 from lcstore.errors import LcstoreError, ReleaseExistsError, StoreError, StrictBuildError
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, spatial_index
@@ -50,7 +50,7 @@ from lcstore.ingest import (
     write_batch_list,
 )
 from lcstore.manifest import ReleaseState, read_state, write_state
-from lcstore.match import HISTOGRAM_ORDER, MatchParams, PixelResult, match_pixel
+from lcstore.match import HISTOGRAM_ORDER, MATCH_VERSION, MatchParams, PixelResult, match_pixel
 from lcstore.publish import (
     finish_publish,
     interrupted_publish,
@@ -59,7 +59,7 @@ from lcstore.publish import (
     remove_stale_builds,
     remove_temporaries,
 )
-from lcstore.store import DEFAULT_WORK_ORDER, FORMAT_VERSION, Store
+from lcstore.store import DEFAULT_WORK_ORDER, Store
 from lcstore.supersede import select_units
 from lcstore.timing import StepTimer, add_seconds
 from lcstore.verify import write_checksums
@@ -353,7 +353,7 @@ def _build(
     report.conflicts = selection.conflicts
     units = _units_in_use(ledger, selection, config.cutoffs)
     report.reference_sources = int(units.loc[units["kind"] == REFS, "nrows"].sum())
-    salt = f"v{FORMAT_VERSION} radius={config.radius_arcsec} margin={config.margin} order={order}"
+    salt = f"v{MATCH_VERSION} radius={config.radius_arcsec} margin={config.margin} order={order}"
     prints = fingerprints(units, order, salt)
     previous = _previous_release(store, config, salt)
     prev_prints = previous.fingerprints if previous else {}
@@ -403,9 +403,10 @@ def _build(
             )
 
         det_src, obj_src = sources("detections", prev_det), sources("objects", prev_obj)
-        det_rows = _write_partitions(
+        # The refmap needs only the match output: it is written while the partitions are.
+        refmap = client.submit(_write_refmap, build_dir, work_dir, prev_dir, set(results), order, pure=False)
+        det_written = _submit_partitions(
             client,
-            report,
             det_plan,
             set(rebuild_det),
             prev_dir,
@@ -413,17 +414,21 @@ def _build(
             det_dir,
             lambda part: write_detection_partition(det_src, *part, target, str(det_dir)),
         )
-        obj_rows = _write_partitions(
+        # An objects partition reads the detections partitions it overlaps, so it waits for
+        # those only, not for every detections partition.
+        det_tasks = det_written.tasks
+        obj_written = _submit_partitions(
             client,
-            report,
             obj_plan,
             set(rebuild_obj),
             prev_dir,
             "objects",
             obj_dir,
             lambda part: write_object_partition(obj_src, *part, str(det_dir), det_parts, str(obj_dir)),
+            after=lambda part: [det_tasks[p] for p in overlapping(det_parts, *part) if p in det_tasks],
         )
         name = config.release
+        det_rows = det_written.rows(client, report)
         finalize_catalog(
             str(det_dir),
             target,
@@ -434,10 +439,11 @@ def _build(
             schema.OBJECT_RA,
             schema.OBJECT_DEC,
         )
+        obj_rows = obj_written.rows(client, report)
         finalize_catalog(
             str(obj_dir), None, f"{name}_objects", "object", obj_parts, sum(obj_rows.values()), "ra", "dec"
         )
-        _write_refmap(build_dir, work_dir, prev_dir, set(results), order)
+        refmap.result()
     report.detections = sum(det_rows.values())
     report.objects = sum(obj_rows.values())
     report.detection_only_objects = sum(s.detection_only for s in pixel_stats.values())
@@ -479,34 +485,52 @@ def _changed_cells(
     return changed["detections"], changed["objects"]
 
 
-def _timed(part: tuple[int, int], write: Callable[[tuple[int, int]], int]) -> tuple[int, float]:
+def _timed(part: tuple[int, int], write: Callable[[tuple[int, int]], int], after: list) -> tuple[int, float]:
+    """``write(part)`` and its seconds; ``after`` holds the results of the tasks it waits for."""
     start = time.perf_counter()
     rows = write(part)
     return rows, time.perf_counter() - start
 
 
-def _write_partitions(
+@dataclass
+class _PartitionWrites:
+    """The partitions of one catalog being written: tasks for the rebuilt, rows of the shared."""
+
+    catalog: str
+    tasks: dict[tuple[int, int], Future]
+    shared: dict[tuple[int, int], int]
+
+    def rows(self, client: Client, report: BuildReport) -> dict[tuple[int, int], int]:
+        """Wait for the writes; every partition's rows. Adds the task seconds to ``report``."""
+        timed = dict(zip(self.tasks, client.gather(list(self.tasks.values())), strict=True))
+        add_seconds(report.task_seconds, {f"write {self.catalog}": sum(secs for _, secs in timed.values())})
+        return {**self.shared, **{part: n for part, (n, _) in timed.items()}}
+
+
+def _submit_partitions(
     client: Client,
-    report: BuildReport,
     parts: dict[tuple[int, int], int],
     rebuild: set[tuple[int, int]],
     previous_release: Path | None,
     catalog: str,
     catalog_dir: Path,
     write: Callable[[tuple[int, int]], int],
-) -> dict[tuple[int, int], int]:
-    """Write the partitions to rebuild and hard-link the others from the previous release."""
-    fresh = [p for p in parts if p in rebuild]
+    after: Callable[[tuple[int, int]], list[Future]] = lambda part: [],
+) -> _PartitionWrites:
+    """Hard-link the unchanged partitions from the previous release and submit the writes
+    of the others, each after the tasks ``after(part)``."""
+    shared = {
+        part: share_partition(str(previous_release / catalog), str(catalog_dir), *part)
+        for part in parts
+        if part not in rebuild
+    }
     # The largest partitions first, so that no worker is left with a big one at the end.
-    timed = client.gather(
-        [client.submit(_timed, p, write=write, priority=parts[p], pure=False) for p in fresh]
-    )
-    rows = {part: n for part, (n, _) in zip(fresh, timed, strict=True)}
-    add_seconds(report.task_seconds, {f"write {catalog}": sum(secs for _, secs in timed)})
-    for part in parts:
-        if part not in rebuild:
-            rows[part] = share_partition(str(previous_release / catalog), str(catalog_dir), *part)
-    return rows
+    tasks = {
+        p: client.submit(_timed, p, write=write, after=after(p), priority=parts[p], pure=False)
+        for p in parts
+        if p in rebuild
+    }
+    return _PartitionWrites(catalog, tasks, shared)
 
 
 def _write_refmap(
@@ -568,7 +592,7 @@ def build_release(config: BuildConfig, client: Client, say: Callable[[str], None
     store = Store(config.store)
     with store.lock():
         store.create(config.work_order, config.margin)
-        store.check_format()
+        store.upgrade_format()
         config = replace(config, margin_arcsec=_store_margin(config, store))
         leftovers = remove_stale_builds(store) + remove_uncommitted(store.path)
         for folder in (store.path / "staging", store.path / "ledger", store.path / "reports"):

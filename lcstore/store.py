@@ -26,8 +26,13 @@ from pathlib import Path
 
 from lcstore.errors import ReleaseNotFoundError, StoreError, StoreLockedError
 
-#: Version of the store's staging layout. 2: margins are staged at ingest.
-FORMAT_VERSION = 2
+#: Version of the store's staging layout. 2: margins are staged at ingest. 3: staging
+#: files are LZ4 Arrow IPC.
+FORMAT_VERSION = 3
+
+#: Older formats a build brings up to FORMAT_VERSION in place: this version reads their
+#: staging files as they are.
+UPGRADABLE_FORMATS = frozenset({2})
 
 #: What a release name may look like: it names a folder, and must stay inside the store.
 RELEASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -96,17 +101,26 @@ class Store:
         }
         write_text_atomic(self.config_path, json.dumps(settings, indent=2))
 
-    def check_format(self) -> None:
-        """Refuse to build in a store whose staging area this version cannot use.
+    def upgrade_format(self) -> None:
+        """Make sure this version can build in the store, upgrading its format if need be.
+
+        A store of an upgradable format is marked as FORMAT_VERSION (its staging files stay
+        as they are; new ones are written in this format), so that older versions of
+        lcstore, which cannot read the new files, refuse to build in it. Call only while
+        holding the store's lock.
 
         Raises
         ------
         StoreError
-            If the store was made by another version of lcstore. Its releases stay
-            readable; builds need a new store.
+            If the store's format cannot be upgraded. Its releases stay readable; builds
+            need a new store.
         """
-        found = self.config().get("format_version")
-        if found != FORMAT_VERSION:
+        config = self.config()
+        found = config.get("format_version")
+        if found in UPGRADABLE_FORMATS:
+            upgraded = config | {"format_version": FORMAT_VERSION}
+            write_text_atomic(self.config_path, json.dumps(upgraded, indent=2))
+        elif found != FORMAT_VERSION:
             raise StoreError(
                 f"store {self.path} has staging format {found}, this lcstore builds format "
                 f"{FORMAT_VERSION}; its releases stay readable, but build into a new store"

@@ -81,6 +81,22 @@ def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None =
     os.replace(tmp, path)
 
 
+def atomic_write_arrow(table: pa.Table, path: Path, compression: str | None = None) -> None:
+    """Write an Arrow IPC file (``compression``: None, "lz4" or "zstd") so that it appears
+    whole or not at all. For the store's own internal files, never for releases."""
+    tmp = _temporary(path)
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
+    os.replace(tmp, path)
+
+
+def read_arrow(path: str | Path) -> pa.Table:
+    """A whole Arrow IPC file, memory-mapped (uncompressed columns are not copied)."""
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_file(source).read_all()
+
+
 #: Suffix of the match step's output files: Arrow IPC, written and read once per build.
 SORTED_RUN_SUFFIX = ".arrow"
 
@@ -91,16 +107,12 @@ def write_sorted_run(table: pa.Table, path: Path) -> None:
     For the build's own intermediate files: four times faster to write than Parquet, and
     :func:`read_sorted_run` takes any index range of it without decoding the rest.
     """
-    tmp = _temporary(path)
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    os.replace(tmp, path)
+    atomic_write_arrow(table, path)
 
 
 def read_sorted_run(path: Path, lo: int, hi: int) -> pa.Table:
     """The rows with ``lo <= _healpix_29 < hi`` of a file written by :func:`write_sorted_run`."""
-    with pa.memory_map(str(path)) as source:
-        table = pa.ipc.open_file(source).read_all()
+    table = read_arrow(path)
     index29 = table.column(SPATIAL_INDEX_COLUMN).to_numpy()
     start, stop = np.searchsorted(index29, [lo, hi])
     return table.slice(start, stop - start)

@@ -9,6 +9,7 @@ changed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import threading
@@ -24,7 +25,10 @@ from hypothesis import strategies as st
 
 import lcstore
 from lcstore.embargo import Cutoffs, eligible, parse_date
+from lcstore.ingest import STAGING_SUFFIX
 from lcstore.simulate import PRESETS, SurveySpec, load_truth, simulate
+from lcstore.store import FORMAT_VERSION
+from lcstore.write import read_arrow
 
 KEY = ["expid", "ccdid", "qid", "sourceid", "procversion"]
 SMALL = {"detection_partition_rows": 400, "object_partition_rows": 60}
@@ -198,3 +202,28 @@ def test_readers_never_see_a_mix_while_a_release_is_published(tmp_path, build, s
         assert n == expected[name]
     assert expected["DR2"] > expected["DR1"]
     assert np.all([c >= 0 for _, _, c in seen])
+
+
+def as_format_2(store: Path) -> None:
+    """Turn a store into one lcstore 0.2 wrote: Parquet staging files, format 2."""
+    for path in (store / "staging").rglob(f"*{STAGING_SUFFIX}"):
+        pq.write_table(read_arrow(path), path.with_suffix(".parquet"))
+        path.unlink()
+    settings = json.loads((store / "store.json").read_text())
+    (store / "store.json").write_text(json.dumps(settings | {"format_version": 2}))
+
+
+def test_format_2_store_is_upgraded_and_its_parquet_staging_still_read(tmp_path, build, survey):
+    first, _ = HISTORIES["new-epochs"]
+    inc, scratch = tmp_path / "inc", tmp_path / "scratch"
+    deliver(survey, inc, first)
+    shutil.copytree(survey / "refs", inc / "refs")
+    build(inc / "epochs", inc / "refs", inc / "store", "DR1", **SMALL)
+    as_format_2(inc / "store")
+    deliver(survey, inc, lambda rel, mjd: True)
+    build(inc / "epochs", inc / "refs", inc / "store", "DR2", **SMALL)
+    assert json.loads((inc / "store" / "store.json").read_text())["format_version"] == FORMAT_VERSION
+    staged = {p.suffix for p in (inc / "store" / "staging").rglob("*.*")}
+    assert staged == {".parquet", STAGING_SUFFIX}  # DR1's batches as 0.2 left them, DR2's new
+    build(survey / "epochs", survey / "refs", scratch / "store", "DR2", **SMALL)
+    assert_same_release(inc / "store", scratch / "store", "DR2")

@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -392,7 +393,7 @@ def _build(
     rebuild_obj = partitions_to_rebuild(obj_parts, prev_obj, changed_obj | changed_det, cell_order(order))
 
     # 4. Write: detections first, since object statistics are read from them.
-    with _stage(report, "write", say):
+    with _stage(report, "write", say), ThreadPoolExecutor(1) as refmap_writer:
         det_dir, obj_dir = build_dir / "detections", build_dir / "objects"
         prev_dir = store.release_dir(previous.name) if previous else None
 
@@ -403,8 +404,9 @@ def _build(
             )
 
         det_src, obj_src = sources("detections", prev_det), sources("objects", prev_obj)
-        # The refmap needs only the match output: it is written while the partitions are.
-        refmap = client.submit(_write_refmap, build_dir, work_dir, prev_dir, set(results), order, pure=False)
+        # The refmap needs only the match output: the driver writes it while the workers
+        # write the partitions (on the driver, since it holds every reference source).
+        refmap = refmap_writer.submit(_write_refmap, build_dir, work_dir, prev_dir, set(results), order)
         det_written = _submit_partitions(
             client,
             det_plan,

@@ -418,7 +418,7 @@ def _build(
         )
         # An objects partition reads the detections partitions it overlaps, so it waits for
         # those only, not for every detections partition.
-        det_tasks = det_written.tasks
+        det_tasks, written_det = det_written.tasks, frozenset(rebuild_det)
         obj_written = _submit_partitions(
             client,
             obj_plan,
@@ -426,7 +426,9 @@ def _build(
             prev_dir,
             "objects",
             obj_dir,
-            lambda part: write_object_partition(obj_src, *part, str(det_dir), det_parts, str(obj_dir)),
+            lambda part: write_object_partition(
+                obj_src, *part, str(det_dir), det_parts, str(obj_dir), written_det
+            ),
             after=lambda part: [det_tasks[p] for p in overlapping(det_parts, *part) if p in det_tasks],
         )
         name = config.release

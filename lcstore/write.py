@@ -210,9 +210,19 @@ def write_detection_partition(
     tables = _fresh_rows(sources, "detections", order, pixel)
     tables += _kept_rows(sources, _detection_emitter, order, pixel)
     table = sort_lightcurves(conform(pa.concat_tables([conform(t, target) for t in tables]), target))
+    # The objects' statistics while the detections are at hand: the objects partitions
+    # read these instead of decoding the detections again.
+    stats = object_statistics(table.select(STATISTICS_INPUT.names))
+    stats_table = pa.Table.from_pandas(stats, preserve_index=False)
+    atomic_write_arrow(stats_table, _statistics_file(sources, order, pixel))
     path = paths.pixel_catalog_file(catalog_dir, HealpixPixel(order, pixel))
     atomic_write_table(table, Path(path), row_group_size=ROW_GROUP_ROWS)
     return table.num_rows
+
+
+def _statistics_file(sources: PartitionSources, order: int, pixel: int) -> Path:
+    """Where :func:`write_detection_partition` leaves its objects' statistics."""
+    return Path(sources.work_dir) / "statistics" / f"{order}-{pixel}.arrow"
 
 
 #: Detections summarised at a time for the object statistics (bounds a task's memory).
@@ -222,7 +232,8 @@ STATISTICS_ROWS = 250_000
 def _statistics_in(
     detections_dir: str, detection_parts: list[tuple[int, int]], order: int, pixel: int
 ) -> pd.DataFrame:
-    """Statistics of the objects in partition (order, pixel), from the release's detections.
+    """Statistics of the objects in partition (order, pixel) from the release's detections
+    partitions ``detection_parts``.
 
     The detections are read in batches, in their partitions' order, where each object's
     are contiguous: every :data:`STATISTICS_ROWS` rows the complete objects are summarised
@@ -232,7 +243,7 @@ def _statistics_in(
     columns = STATISTICS_INPUT.names
     in_range = (pds.field(SPATIAL_INDEX_COLUMN) >= lo) & (pds.field(SPATIAL_INDEX_COLUMN) < hi)
     stats, pending = [], []
-    for part in overlapping(detection_parts, order, pixel):
+    for part in detection_parts:
         path = paths.pixel_catalog_file(detections_dir, HealpixPixel(*part))
         scan = pds.dataset(path, format="parquet").scanner(
             columns=columns, filter=in_range, batch_size=min(STATISTICS_ROWS, 1 << 16), use_threads=False
@@ -265,16 +276,21 @@ def write_object_partition(
     detections_dir: str,
     detection_parts: list[tuple[int, int]],
     catalog_dir: str,
+    written: frozenset[tuple[int, int]],
 ) -> int:
     """Write one objects partition: object positions joined with statistics of their detections.
 
-    The statistics are computed from the release's detections partitions (already
-    written, or shared with the previous release) that overlap this partition.
+    The statistics come from the release's detections partitions that overlap this
+    partition: those this build ``written`` left them in the work directory; the others,
+    shared with the previous release, are read.
     """
     tables = _fresh_rows(sources, "objects", order, pixel)
     tables += [t.select(OBJECT_BASE_COLUMNS) for t in _kept_rows(sources, _object_emitter, order, pixel)]
     objects = pa.concat_tables([t.select(OBJECT_BASE_COLUMNS) for t in tables]).to_pandas()
-    stats = _statistics_in(detections_dir, detection_parts, order, pixel)
+    parts = overlapping(detection_parts, order, pixel)
+    shared = [p for p in parts if p not in written]
+    stats = [read_arrow(_statistics_file(sources, *p)).to_pandas() for p in parts if p in written]
+    stats = pd.concat([*stats, _statistics_in(detections_dir, shared, order, pixel)], ignore_index=True)
     merged = objects.merge(stats, on="objectid", how="left", validate="one_to_one")
     for band in schema.FILTERCODES:
         for stat in ("nobs", "ngood"):

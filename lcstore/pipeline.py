@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -52,6 +53,7 @@ from lcstore.ingest import (
 )
 from lcstore.manifest import ReleaseState, read_state, write_state
 from lcstore.match import HISTOGRAM_ORDER, MATCH_VERSION, MatchParams, PixelResult, match_pixel
+from lcstore.progress import gather
 from lcstore.publish import (
     finish_publish,
     interrupted_publish,
@@ -257,7 +259,7 @@ def _ingest(
                 margin_arcsec=config.margin,
                 pure=False,
             )
-            results: list[BatchResult] = client.gather(futures)
+            results: list[BatchResult] = gather(futures, f"{kind} batches staged", say)
             shutil.rmtree(build_dir / "ingest", ignore_errors=True)
         for r in results:
             staged.append(r.batch)
@@ -291,7 +293,14 @@ def _previous_release(store: Store, config: BuildConfig, salt: str) -> ReleaseSt
 
 
 def _run_match(
-    client: Client, pixels: list[int], config: BuildConfig, store: Store, ledger, selection, work_dir: Path
+    client: Client,
+    pixels: list[int],
+    config: BuildConfig,
+    store: Store,
+    ledger,
+    selection,
+    work_dir: Path,
+    say: Callable[[str], None],
 ) -> dict[int, PixelResult]:
     if not pixels:
         return {}
@@ -313,7 +322,7 @@ def _run_match(
         )
         for pixel in pixels
     ]
-    return {r.pixel: r for r in client.gather(futures)}
+    return {r.pixel: r for r in gather(futures, "work pixels matched", say)}
 
 
 def _detection_schema(work_dir: Path, previous: pa.Schema | None) -> pa.Schema:
@@ -362,13 +371,23 @@ def _build(
     report.base_release = previous.name if previous else None
 
     # 1. Match the dirty pixels; the others' output is unchanged.
+    match = functools.partial(
+        _run_match,
+        client,
+        config=config,
+        store=store,
+        ledger=ledger,
+        selection=selection,
+        work_dir=work_dir,
+        say=say,
+    )
     with _stage(report, "match", say):
-        results = _run_match(client, sorted(dirty & set(prints)), config, store, ledger, selection, work_dir)
+        results = match(sorted(dirty & set(prints)))
     target = _detection_schema(work_dir, previous.detection_schema if previous else None)
     if previous is not None and not target.equals(previous.detection_schema):
         # New pass-through columns: every partition changes, so rebuild from scratch.
         say("  the detection schema changed: rebuilding every partition")
-        results |= _run_match(client, sorted(set(prints) - dirty), config, store, ledger, selection, work_dir)
+        results |= match(sorted(set(prints) - dirty))
         dirty, previous = set(prints) | dirty, None
     pixel_stats = {p: (results[p] if p in results else previous.pixels[p]) for p in prints}
     for r in results.values():
@@ -432,7 +451,7 @@ def _build(
             after=lambda part: [det_tasks[p] for p in overlapping(det_parts, *part) if p in det_tasks],
         )
         name = config.release
-        det_rows = det_written.rows(client, report)
+        det_rows = det_written.rows(report, say)
         finalize_catalog(
             str(det_dir),
             target,
@@ -443,7 +462,7 @@ def _build(
             schema.OBJECT_RA,
             schema.OBJECT_DEC,
         )
-        obj_rows = obj_written.rows(client, report)
+        obj_rows = obj_written.rows(report, say)
         finalize_catalog(
             str(obj_dir), None, f"{name}_objects", "object", obj_parts, sum(obj_rows.values()), "ra", "dec"
         )
@@ -504,9 +523,10 @@ class _PartitionWrites:
     tasks: dict[tuple[int, int], Future]
     shared: dict[tuple[int, int], int]
 
-    def rows(self, client: Client, report: BuildReport) -> dict[tuple[int, int], int]:
+    def rows(self, report: BuildReport, say: Callable[[str], None]) -> dict[tuple[int, int], int]:
         """Wait for the writes; every partition's rows. Adds the task seconds to ``report``."""
-        timed = dict(zip(self.tasks, client.gather(list(self.tasks.values())), strict=True))
+        written = gather(list(self.tasks.values()), f"{self.catalog} partitions written", say)
+        timed = dict(zip(self.tasks, written, strict=True))
         add_seconds(report.task_seconds, {f"write {self.catalog}": sum(secs for _, secs in timed.values())})
         return {**self.shared, **{part: n for part, (n, _) in timed.items()}}
 

@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -502,86 +501,6 @@ def _validate_together(
     return [m for m, bad in zip(members, flagged, strict=True) if bad]
 
 
-#: Characters DuckDB reads as a glob in a file name: such files are read by pyarrow.
-_GLOB_CHARACTERS = frozenset("*?[]{}")
-
-
-def _read_with_duckdb(paths: list[str]) -> dict[str, list[tuple[int, pa.Table]]]:
-    """Parquet files read by DuckDB, one query per column layout: ``{layout: [(position,
-    table)]}``.
-
-    DuckDB decodes many small files two to three times faster than pyarrow one by one
-    (0.18 against 0.33 ms a file of 217 rows; 0.40 against 1.03 ms for 2,000 rows). It
-    reads a list of files with the columns of the first, silently dropping other columns
-    and casting other types, so files are grouped by their footers' schema first. A
-    group's table must have the columns pyarrow reads from its first file, cast safely to
-    pyarrow's types (DuckDB gives ``string`` where pyarrow may give ``large_string``), and
-    each file's rows in the order listed; a file left out here (a group DuckDB cannot
-    read, an empty file, a name DuckDB would take for a glob) is read by pyarrow, whose
-    errors name the file and the reason.
-    """
-    readable = [i for i, path in enumerate(paths) if not _GLOB_CHARACTERS & set(path)]
-    if not readable:
-        return {}
-    with duckdb.connect(config={"threads": 1}) as con:
-        try:
-            layouts = _duckdb_layouts(con, [paths[i] for i in readable])
-        except duckdb.Error:
-            return {}  # a file whose footer DuckDB cannot read: pyarrow says which and why
-        groups = {}
-        for layout, members in layouts.items():
-            positions = [readable[k] for k in members]
-            try:
-                groups[layout] = _duckdb_group(con, paths, positions)
-            except (duckdb.Error, pa.ArrowException, ValueError):
-                continue
-    return groups
-
-
-def _duckdb_layouts(con: duckdb.DuckDBPyConnection, paths: list[str]) -> dict[str, list[int]]:
-    """Positions in ``paths`` by column layout (names, Parquet types, repetition)."""
-    rows = con.execute(
-        "SELECT file_name, string_agg(concat_ws(':', name, type, repetition_type, converted_type,"
-        " logical_type, num_children), ',') FROM parquet_schema($files) GROUP BY file_name",
-        {"files": paths},
-    ).fetchall()
-    layout_of = dict(rows)
-    layouts: dict[str, list[int]] = {}
-    for k, path in enumerate(paths):
-        layouts.setdefault(layout_of[path], []).append(k)
-    return layouts
-
-
-def _duckdb_group(con: duckdb.DuckDBPyConnection, paths: list[str], positions: list[int]) -> list:
-    """``[(position, table)]`` of files of one layout, read by one DuckDB query.
-
-    Raises
-    ------
-    ValueError
-        If DuckDB's table has other types than pyarrow reads, or rows out of file order.
-    """
-    files = [paths[i] for i in positions]
-    expected = pq.read_schema(files[0]).remove_metadata()
-    table = con.read_parquet(files, filename=True, hive_partitioning=False).to_arrow_table()
-    names = table.column("filename").combine_chunks().dictionary_encode()
-    table = table.drop_columns(["filename"]).combine_chunks()
-    if table.schema.names != expected.names:
-        raise ValueError(f"DuckDB reads the columns {table.schema.names}, pyarrow {expected.names}")
-    # Safe casts only (string to large_string, say): a value that would change raises.
-    table = table.cast(expected)
-    file_of_row = names.indices.to_numpy()
-    starts = np.flatnonzero(np.diff(file_of_row, prepend=-1))
-    order = names.dictionary.take(pa.array(file_of_row[starts])).to_pylist()
-    # Each file one run of rows, in the order listed (empty files have none: pyarrow
-    # reads and refuses them).
-    listed = set(order)
-    if order != [f for f in files if f in listed]:
-        raise ValueError("DuckDB returned the files' rows out of order")
-    lengths = np.diff(np.append(starts, table.num_rows))
-    where = dict(zip(order, zip(starts, lengths, strict=True), strict=True))
-    return [(i, table.slice(*where[paths[i]])) for i in positions if paths[i] in where]
-
-
 def read_epoch_parquets(paths: list[str]) -> list[list[tuple[tuple, pa.Table]] | InputFileError]:
     """Read and validate many Parquet epochal files, as :func:`read_units` would one by one.
 
@@ -597,12 +516,7 @@ def read_epoch_parquets(paths: list[str]) -> list[list[tuple[tuple, pa.Table]] |
     results: list = [None] * len(paths)
     # Files of one column layout are validated together; an empty file alone (it is refused).
     groups: dict[str | int, list[tuple[int, pa.Table]]] = {}
-    for layout, members in _read_with_duckdb(paths).items():
-        groups[f"duckdb {layout}"] = members
-    done = {i for members in groups.values() for i, _ in members}
     for i, path in enumerate(paths):
-        if i in done:
-            continue
         try:
             data = _read_parquet(path)
         except InputFileError as err:

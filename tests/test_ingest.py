@@ -87,32 +87,6 @@ def _one_by_one(paths: list[str]) -> list[tuple]:
     return out
 
 
-def test_duckdb_reads_each_layout_in_one_query_as_pyarrow_would(tmp_path, good_epoch):
-    from lcstore.ingest import _read_with_duckdb
-
-    paths = [
-        _write(good_epoch.assign(expid=good_epoch["expid"] + i), tmp_path / f"a{i}.parquet") for i in range(3)
-    ]
-    paths.insert(1, _write(good_epoch.assign(extra=1.5), tmp_path / "extra.parquet"))  # another layout
-    paths.append(_write(good_epoch.iloc[:0], tmp_path / "empty.parquet"))  # no rows: left to pyarrow
-    paths.append(_write(good_epoch, tmp_path / "glob[1].parquet"))  # DuckDB would glob it
-    groups = _read_with_duckdb(paths)
-    assert sorted(sorted(i for i, _ in members) for members in groups.values()) == [[0, 2, 3], [1]]
-    for members in groups.values():
-        for i, table in members:
-            expected = pq.read_table(paths[i])
-            assert table.schema.types == expected.schema.types
-            assert table.to_pylist() == expected.to_pylist()
-
-
-def test_a_footer_duckdb_cannot_read_leaves_the_files_to_pyarrow(tmp_path, good_epoch):
-    from lcstore.ingest import _read_with_duckdb
-
-    corrupt = tmp_path / "corrupt.parquet"
-    corrupt.write_bytes(b"PAR1" + b"\0" * 64 + b"PAR1")
-    assert _read_with_duckdb([_write(good_epoch, tmp_path / "good.parquet"), str(corrupt)]) == {}
-
-
 def test_files_read_together_as_one_by_one(tmp_path, good_epoch):
     """Validating many files in one pass refuses exactly the files, for exactly the reasons,
     that validating each on its own does, and reads the others identically."""

@@ -40,6 +40,26 @@ class ReleaseExistsError(StoreError):
     """A release of that name is already published; releases are immutable."""
 
 
+class DamagedFileError(StoreError):
+    """A release file cannot be read back as written: its bytes changed on disk.
+
+    Parameters
+    ----------
+    path : str
+        The damaged file.
+    reason : str
+        What the reader found (a page checksum that does not match, say).
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(
+            f"{self.path}: cannot be read back ({reason}); the release is damaged on disk: run "
+            "'lcstore verify' on the store and restore the file from a backup or rebuild the release"
+        )
+
+
 class QueryError(LcstoreError, ValueError):
     """A query's arguments are out of range (radius, declination, band, ...)."""
 

@@ -45,7 +45,7 @@ from duckdb import DuckDBPyConnection
 from hats.io import paths as hats_paths
 
 from lcstore import schema
-from lcstore.errors import LcstoreError, QueryError, StoreError
+from lcstore.errors import DamagedFileError, LcstoreError, QueryError, StoreError
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, SPATIAL_INDEX_ORDER, index_range, unit_vectors
 from lcstore.store import Store
 
@@ -210,11 +210,14 @@ class _Leaf:
         groups = np.flatnonzero(overlapping(*self.bounds(column), lo, hi))
         if len(groups) == 0:
             return None, QueryStats()
-        handle = pq.ParquetFile(self.path, metadata=self.metadata)
-        if len(groups) == 1:  # most cones: 0.1 ms less than read_row_groups of one group
-            table = handle.read_row_group(int(groups[0]), columns=columns, use_threads=False)
-        else:
-            table = handle.read_row_groups(groups.tolist(), columns=columns, use_threads=False)
+        handle = pq.ParquetFile(self.path, metadata=self.metadata, page_checksum_verification=True)
+        try:
+            if len(groups) == 1:  # most cones: 0.1 ms less than read_row_groups of one group
+                table = handle.read_row_group(int(groups[0]), columns=columns, use_threads=False)
+            else:
+                table = handle.read_row_groups(groups.tolist(), columns=columns, use_threads=False)
+        except (OSError, pa.ArrowException) as err:
+            raise DamagedFileError(str(self.path), str(err)) from err
         size = self._sizes[np.ix_(groups, [self._column[c] for c in columns])].sum()
         return table, QueryStats(1, len(groups), int(size))
 

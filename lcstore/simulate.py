@@ -791,7 +791,7 @@ def _write_epoch_files(out: Path, rows: dict[str, np.ndarray]) -> tuple[list[str
             f"_v{rows['procversion'][start]}.parquet"
         )
         (out / path).parent.mkdir(exist_ok=True)
-        pq.write_table(table.slice(start, count), out / path)
+        pq.write_table(table.slice(start, count), out / path, write_page_checksum=True)
         paths.append(path)
     truth = pa.Table.from_pydict(
         {**rows, "path": np.repeat(np.array(paths, dtype=object), counts)}, schema=TRUTH_DETECTIONS_SCHEMA
@@ -867,6 +867,7 @@ def _write_refs(
         pq.write_table(
             pa.Table.from_pydict({"ra": ra, "dec": dec, "refmag": refmag, **key}, schema=REF_FILE_SCHEMA),
             out / "refs" / name,
+            write_page_checksum=True,
         )
         truth.append(pa.Table.from_pydict({"truth_id": index + 1, **key}, schema=TRUTH_REFS_SCHEMA))
     return pa.concat_tables(truth)

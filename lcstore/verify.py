@@ -354,7 +354,7 @@ def _read(folder: Path, rel: str, columns: list[str], report: VerifyReport, part
         parts.unreadable.add(rel)  # the checksums and HATS checks report it missing
         return None
     try:
-        return pq.read_table(path, columns=columns, **kw)
+        return pq.read_table(path, columns=columns, page_checksum_verification=True, **kw)
     except (OSError, pa.ArrowException) as err:
         parts.unreadable.add(rel)
         report.findings.append(Finding("readable", f"cannot read {columns} from Parquet: {err}", rel))

@@ -70,6 +70,23 @@ def test_broken_epoch_files_are_refused_with_file_and_reason(tmp_path, good_epoc
     assert path in str(err.value)
 
 
+def test_a_changed_byte_in_a_checksummed_page_is_refused(tmp_path, good_epoch):
+    """Pages written with a CRC-32 (as the simulator and lcstore write them) are checked:
+    a value changed on the way is refused, not staged."""
+    path = tmp_path / "epoch.parquet"
+    pq.write_table(pa.Table.from_pandas(good_epoch, preserve_index=False), path, write_page_checksum=True)
+    metadata = pq.read_metadata(path)
+    chunk = metadata.row_group(0).column(metadata.schema.to_arrow_schema().get_field_index("mag"))
+    data = bytearray(path.read_bytes())
+    data[chunk.data_page_offset + chunk.total_compressed_size - 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputFileError, match=r"unreadable Parquet.*(?i:crc|checksum)") as err:
+        read_units(EPOCHS, str(path))
+    assert err.value.path == str(path)
+    [refused] = read_files(EPOCHS, [str(path)])
+    assert isinstance(refused, InputFileError)
+
+
 def _outcome(result) -> tuple:
     """What reading one file gave: its refusal, or its units' keys and rows."""
     if isinstance(result, InputFileError):

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -148,6 +149,25 @@ def test_flipped_bytes_name_the_corrupt_file(tmp_path, build, tiny_survey):
     assert finding.file == rel(release, target)
     assert "content changed" in finding.message
     assert rel(release, target) in report.summary()
+
+
+def test_a_damaged_page_is_refused_by_queries(tmp_path, build, tiny_survey):
+    """One byte of a data page changes: the page's CRC-32 no longer matches, so a query
+    raises DamagedFileError naming the file instead of returning a wrong magnitude."""
+    import lcstore
+    from lcstore.errors import DamagedFileError
+
+    release = build_one(tmp_path, build, tiny_survey)
+    target = partitions(release, "detections")[0]
+    handle = pq.ParquetFile(target)
+    objectid = handle.read_row_group(0, columns=["objectid"]).column(0)[0].as_py()
+    chunk = handle.metadata.row_group(0).column(handle.schema_arrow.get_field_index("mag"))
+    data = bytearray(target.read_bytes())
+    data[chunk.data_page_offset + chunk.total_compressed_size - 3] ^= 0x01  # inside the page's values
+    target.write_bytes(bytes(data))
+    with pytest.raises(DamagedFileError, match="lcstore verify") as err:
+        lcstore.open(tmp_path / "store").lightcurve(objectid)
+    assert err.value.path == str(target)
 
 
 def test_deleted_partition_is_missing_and_breaks_hats(tmp_path, build, tiny_survey):

@@ -67,6 +67,19 @@ def index_range(order: int, pixel: int) -> tuple[int, int]:
     return int(pixel) << shift, (int(pixel) + 1) << shift
 
 
+def pixel_ranges(pixels: np.ndarray, orders: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted, disjoint ranges ``[lo, hi)`` of order-29 indices covering ``pixels`` (each at
+    its order in ``orders``), with ranges that touch merged."""
+    shift = 2 * (SPATIAL_INDEX_ORDER - np.asarray(orders, dtype=np.int64))
+    pixels = np.asarray(pixels, dtype=np.int64)
+    lo, hi = pixels << shift, (pixels + 1) << shift
+    order = np.argsort(lo)
+    lo, hi = lo[order], hi[order]
+    first = np.r_[True, lo[1:] != hi[:-1]]
+    last = np.r_[first[1:], True]
+    return lo[first], hi[last]
+
+
 def neighbour_pixels(order: int, pixel: int) -> np.ndarray:
     """The (up to 8) pixels that touch ``pixel`` at the same order, excluding itself."""
     nbrs = cds.neighbours(np.array([pixel], dtype=np.uint64), order)[0]

@@ -28,6 +28,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from distributed import Client, Future, LocalCluster
+from hats.io import paths
+from hats.pixel_math import HealpixPixel
 
 from lcstore import schema
 from lcstore.changes import cell_order, dirty_pixels, fingerprints, overlapping, partitions_to_rebuild
@@ -52,6 +54,7 @@ from lcstore.ingest import (
     write_batch_list,
 )
 from lcstore.manifest import ReleaseState, read_state, write_state
+from lcstore.margin import MARGIN_ARCSEC, MARGIN_CATALOG, margin_sources, write_margin_partition
 from lcstore.match import HISTOGRAM_ORDER, MATCH_VERSION, MatchParams, PixelResult, match_pixel
 from lcstore.progress import gather
 from lcstore.publish import (
@@ -450,6 +453,9 @@ def _build(
             ),
             after=lambda part: [det_tasks[p] for p in overlapping(det_parts, *part) if p in det_tasks],
         )
+        margin_written = _submit_margins(
+            client, obj_plan, set(rebuild_obj), obj_written.tasks, prev_dir, build_dir
+        )
         name = config.release
         det_rows = det_written.rows(report, say)
         finalize_catalog(
@@ -465,6 +471,18 @@ def _build(
         obj_rows = obj_written.rows(report, say)
         finalize_catalog(
             str(obj_dir), None, f"{name}_objects", "object", obj_parts, sum(obj_rows.values()), "ra", "dec"
+        )
+        margin_rows = {part: n for part, n in margin_written.rows(report, say).items() if n}
+        finalize_catalog(
+            str(build_dir / MARGIN_CATALOG),
+            pq.read_schema(obj_dir / "dataset" / "_common_metadata"),
+            f"{name}_objects_margin",
+            "margin",
+            list(margin_rows),
+            sum(margin_rows.values()),
+            "ra",
+            "dec",
+            {"primary_catalog": f"{name}_objects", "margin_threshold": MARGIN_ARCSEC},
         )
         refmap.result()
     report.detections = sum(det_rows.values())
@@ -555,6 +573,39 @@ def _submit_partitions(
         if p in rebuild
     }
     return _PartitionWrites(catalog, tasks, shared)
+
+
+def _submit_margins(
+    client: Client,
+    parts: dict[tuple[int, int], int],
+    rebuilt: set[tuple[int, int]],
+    tasks: dict[tuple[int, int], Future],
+    previous_release: Path | None,
+    build_dir: Path,
+) -> _PartitionWrites:
+    """Submit the margin of every objects partition whose rows or whose band's rows changed,
+    each after the writes of those partitions; hard-link the others' from the previous
+    release (a partition without margin rows there has no file, and is written again)."""
+    plan = list(parts)
+    sources = {part: margin_sources(plan, *part, MARGIN_ARCSEC) for part in plan}
+    previous = previous_release / MARGIN_CATALOG if previous_release else None
+
+    def changed(part: tuple[int, int]) -> bool:
+        if previous is None or not Path(paths.pixel_catalog_file(previous, HealpixPixel(*part))).is_file():
+            return True
+        return part in rebuilt or any(s in rebuilt for s in sources[part])
+
+    catalog_dir, margin_dir = str(build_dir / "objects"), str(build_dir / MARGIN_CATALOG)
+    return _submit_partitions(
+        client,
+        parts,
+        {part for part in plan if changed(part)},
+        previous_release,
+        MARGIN_CATALOG,
+        build_dir / MARGIN_CATALOG,
+        lambda part: write_margin_partition(catalog_dir, plan, *part, MARGIN_ARCSEC, margin_dir),
+        after=lambda part: [tasks[p] for p in (part, *sources[part]) if p in tasks],
+    )
 
 
 def _write_refmap(

@@ -46,7 +46,7 @@ from hats.io import paths as hats_paths
 
 from lcstore import schema
 from lcstore.errors import DamagedFileError, LcstoreError, QueryError, StoreError
-from lcstore.healpix import SPATIAL_INDEX_COLUMN, SPATIAL_INDEX_ORDER, index_range, unit_vectors
+from lcstore.healpix import SPATIAL_INDEX_COLUMN, SPATIAL_INDEX_ORDER, index_range, pixel_ranges, unit_vectors
 from lcstore.store import Store
 
 __all__ = ["MAX_RADIUS_ARCSEC", "ObjectNotFoundError", "QueryStats", "Release", "open"]
@@ -124,15 +124,8 @@ def cone_ranges(ra_deg: float, dec_deg: float, radius_arcsec: float) -> tuple[np
     ipix, depths, _ = cds.cone_search(
         Longitude(ra_deg, u.deg), Latitude(dec_deg, u.deg), radius_arcsec * u.arcsec, depth
     )
-    shift = 2 * (SPATIAL_INDEX_ORDER - depths.astype(np.int64))
-    ipix = ipix.astype(np.int64)
-    lo, hi = ipix << shift, (ipix + 1) << shift
-    order = np.argsort(lo)
-    lo, hi = lo[order], hi[order]
-    # Merge cells that touch so that the range lookups below stay short.
-    first = np.r_[True, lo[1:] != hi[:-1]]
-    last = np.r_[first[1:], True]
-    return lo[first], hi[last]
+    # Cells that touch are merged, so that the range lookups below stay short.
+    return pixel_ranges(ipix, depths)
 
 
 def overlapping(first: np.ndarray, last: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -170,7 +163,7 @@ def within(
 # --- files ------------------------------------------------------------------------------
 
 
-class _Leaf:
+class LeafFile:
     """One Parquet file of a release, with its footer and row-group statistics kept."""
 
     def __init__(self, path: Path) -> None:
@@ -237,8 +230,8 @@ class _Catalog:
         # Bounded: a long-lived service would otherwise keep every footer it ever read.
         self.leaf = functools.lru_cache(maxsize=LEAF_CACHE_SIZE)(self._open_leaf)
 
-    def _open_leaf(self, i: int) -> _Leaf:
-        return _Leaf(self.files[i])
+    def _open_leaf(self, i: int) -> LeafFile:
+        return LeafFile(self.files[i])
 
     def partitions(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         """Positions of the partitions whose pixel meets the index ranges ``[lo, hi)``."""
@@ -435,8 +428,8 @@ class Release:
         return _Catalog(self.path / "objects")
 
     @functools.cached_property
-    def _refmap(self) -> _Leaf:
-        return _Leaf(self.path / "refmap.parquet")
+    def _refmap(self) -> LeafFile:
+        return LeafFile(self.path / "refmap.parquet")
 
     # --- spatial queries ---
 

@@ -47,6 +47,7 @@ from lcstore.changes import overlapping
 from lcstore.embargo import Cutoffs, eligible, parse_date
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, index_range
 from lcstore.ingest import EPOCHS, REFS, hash_file, read_ledger
+from lcstore.margin import MARGIN_CATALOG
 from lcstore.store import Store
 
 #: Name of the checksum listing in a release directory.
@@ -269,7 +270,9 @@ def hats_problems(catalog_dir: Path) -> list[str]:
 
 
 def _check_hats(folder: Path, report: VerifyReport) -> None:
-    for catalog in CATALOGS:
+    # Releases built before lcstore 0.3 have no margin cache.
+    margin = [MARGIN_CATALOG] if (folder / MARGIN_CATALOG).is_dir() else []
+    for catalog in [*CATALOGS, *margin]:
         for message in hats_problems(folder / catalog):
             report.findings.append(Finding("hats", f"invalid HATS catalog: {message}", catalog))
 

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 import lcstore
 from lcstore.embargo import Cutoffs, eligible, parse_date
 from lcstore.ingest import STAGING_SUFFIX
+from lcstore.margin import MARGIN_CATALOG
 from lcstore.simulate import PRESETS, SurveySpec, load_truth, simulate
 from lcstore.store import FORMAT_VERSION
 from lcstore.write import read_arrow
@@ -55,7 +56,7 @@ def deliver(survey_dir: Path, target: Path, keep) -> None:
 
 
 def assert_same_release(a: Path, b: Path, release: str) -> None:
-    for catalog in ("detections", "objects"):
+    for catalog in ("detections", "objects", MARGIN_CATALOG):
         left, right = read(a, release, catalog), read(b, release, catalog)
         pd.testing.assert_frame_equal(left, right, check_like=False)
 
@@ -109,6 +110,49 @@ def test_new_reference_catalogs_add_objects(tmp_path, build, survey):
     assert n1 > 0
 
 
+def first_patch_then_second(tmp_path: Path, build, spec: SurveySpec):
+    """DR1 with every epoch of the first field and half of the second's, DR2 with all, on
+    one store; DR2 from scratch on another; the two DR2s must be equal. Returns DR2's
+    incremental build report."""
+    survey = tmp_path / "survey"
+    simulate(survey, spec)
+    inc, scratch = tmp_path / "inc", tmp_path / "scratch"
+    deliver(survey, inc, lambda rel, mjd: "f000600" in rel or mjd < 58200)
+    shutil.copytree(survey / "refs", inc / "refs")
+    build(inc / "epochs", inc / "refs", inc / "store", "DR1", **SMALL)
+    deliver(survey, inc, lambda rel, mjd: True)
+    report = build(inc / "epochs", inc / "refs", inc / "store", "DR2", **SMALL)
+    build(survey / "epochs", survey / "refs", scratch / "store", "DR2", **SMALL)
+    assert_same_release(inc / "store", scratch / "store", "DR2")
+    return report
+
+
+def test_margins_of_unchanged_partitions_follow_their_changed_neighbours(tmp_path, build):
+    """Two fields side by side; DR2 adds epochs to the second only. A partition of the first
+    that DR2 shares can still border one that changed: its margin holds the changed
+    objects' new statistics, so it is written again, and equals the scratch build's."""
+    spec = SurveySpec(
+        field_centers_deg=((150.0, 20.0), (150.2, 20.0)),
+        field_size_deg=0.2,
+        ccds_per_side=1,
+        n_sources=600,
+        n_transients=2,
+        n_nights=12,
+        exposures_per_night=2,
+        reprocess_fraction=0.0,
+        n_redelivered=0,
+    )
+    report = first_patch_then_second(tmp_path, build, spec)
+    assert report.partitions_shared > 0
+    dr1, dr2 = (tmp_path / "inc" / "store" / "releases" / name / MARGIN_CATALOG for name in ("DR1", "DR2"))
+    linked = changed = 0
+    for f in dr2.rglob("Npix=*.parquet"):
+        twin = dr1 / f.relative_to(dr2)
+        same = twin.exists() and os.stat(f).st_ino == os.stat(twin).st_ino
+        linked, changed = linked + same, changed + (not same)
+    assert linked > 0 and changed > 0
+
+
 def test_partition_split_and_unchanged_partitions_are_shared(tmp_path, build):
     """Two patches of sky; DR2 adds epochs to one only, enough to split its partitions."""
     spec = SurveySpec(
@@ -122,17 +166,8 @@ def test_partition_split_and_unchanged_partitions_are_shared(tmp_path, build):
         reprocess_fraction=0.0,
         n_redelivered=0,
     )
-    survey = tmp_path / "survey"
-    simulate(survey, spec)
-    inc, scratch = tmp_path / "inc", tmp_path / "scratch"
-    # DR1: everything of the first patch, the first half of the second patch's epochs.
-    deliver(survey, inc, lambda rel, mjd: "f000600" in rel or mjd < 58200)
-    shutil.copytree(survey / "refs", inc / "refs")
-    build(inc / "epochs", inc / "refs", inc / "store", "DR1", **SMALL)
-    deliver(survey, inc, lambda rel, mjd: True)
-    report = build(inc / "epochs", inc / "refs", inc / "store", "DR2", **SMALL)
-    build(survey / "epochs", survey / "refs", scratch / "store", "DR2", **SMALL)
-    assert_same_release(inc / "store", scratch / "store", "DR2")
+    report = first_patch_then_second(tmp_path, build, spec)
+    inc = tmp_path / "inc"
     assert report.partitions_shared > 0 and report.partitions_rebuilt > 0
     dr1 = inc / "store" / "releases" / "DR1"
     dr2 = inc / "store" / "releases" / "DR2"

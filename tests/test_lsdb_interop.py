@@ -79,24 +79,64 @@ def test_both_catalogs_have_several_partitions(release, gaia_hats):
     assert gaia_hats.margin is not None
 
 
-def test_lsdb_crossmatch_equals_lcstore_matching_kernel(release, gaia, gaia_hats):
+def kernel_pairs(release: lcstore.Release, gaia: pd.DataFrame) -> Pairs:
+    """(objectid, source_id) of each object and its nearest Gaia-like source, by lcstore's kernel."""
     objects = release.sql("SELECT objectid, ra, dec FROM objects")
     j, _ = nearest_within(
         unit_vectors(objects["ra"].to_numpy(), objects["dec"].to_numpy()),
         unit_vectors(gaia["ra"].to_numpy(), gaia["dec"].to_numpy()),
         RADIUS_ARCSEC,
     )
-    ours = set(zip(objects["objectid"][j >= 0], gaia["source_id"].to_numpy()[j[j >= 0]], strict=True))
-    theirs = lsdb_pairs(release, gaia_hats)
+    return set(zip(objects["objectid"][j >= 0], gaia["source_id"].to_numpy()[j[j >= 0]], strict=True))
+
+
+def test_lsdb_crossmatch_equals_lcstore_matching_kernel(release, gaia, gaia_hats):
+    ours = kernel_pairs(release, gaia)
     # Every steady source the release saw has its object; so nearly every object matches.
-    assert len(ours) >= 0.95 * len(objects)
-    assert theirs == ours
-
-
-def test_lsdb_crossmatch_equals_release_cone_searches(release, gaia, gaia_hats):
-    ours: Pairs = set()
-    for source in gaia.itertuples():
-        found = release.objects_in_cone(source.ra, source.dec, RADIUS_ARCSEC, columns=["objectid"])
-        assert len(found) <= 1
-        ours |= {(int(oid), int(source.source_id)) for oid in found["objectid"]}
+    assert len(ours) >= 0.95 * len(release.sql("SELECT objectid FROM objects"))
     assert lsdb_pairs(release, gaia_hats) == ours
+
+
+def test_release_as_right_catalog_needs_and_has_its_margin_cache(release):
+    """Matched from the other side, pairs across the release's partition borders are found
+    through its margin cache (objects_margin), and only through it.
+
+    The left catalog has eight probes 4.5" around every object, so that some probes of the
+    objects near a partition border lie across it; the radius is 5" (within the margin's
+    10"), and a probe's pair is its nearest object, however crowded."""
+    radius_arcsec = 5.0
+    objects = release.sql("SELECT objectid, ra, dec FROM objects")
+    angle = np.repeat(np.arange(8)[None, :] * np.pi / 4, len(objects), axis=0).ravel()
+    ra0, dec0 = np.repeat(objects["ra"].to_numpy(), 8), np.repeat(objects["dec"].to_numpy(), 8)
+    step = 4.5 / 3600.0
+    probes = pd.DataFrame(
+        {
+            "probe_id": np.arange(len(angle)),
+            "ra": ra0 + step * np.cos(angle) / np.cos(np.radians(dec0)),
+            "dec": dec0 + step * np.sin(angle),
+        }
+    )
+    j, _ = nearest_within(
+        unit_vectors(probes["ra"].to_numpy(), probes["dec"].to_numpy()),
+        unit_vectors(objects["ra"].to_numpy(), objects["dec"].to_numpy()),
+        radius_arcsec,
+    )
+    ours = set(zip(objects["objectid"].to_numpy()[j[j >= 0]], probes["probe_id"][j >= 0], strict=True))
+    left = lsdb.from_dataframe(probes, ra_column="ra", dec_column="dec", highest_order=9, partition_rows=500)
+
+    def pairs(right) -> Pairs:
+        matched = left.crossmatch(
+            right,
+            radius_arcsec=radius_arcsec,
+            n_neighbors=1,
+            suffixes=("_probe", "_obj"),
+            suffix_method="all_columns",
+        ).compute()
+        return set(zip(matched["objectid_obj"], matched["probe_id_probe"], strict=True))
+
+    with_margin = lsdb.open_catalog(release.path / "objects", margin_cache=release.path / "objects_margin")
+    assert len(with_margin.margin.get_healpix_pixels()) > 0
+    assert pairs(with_margin) == ours
+    with pytest.warns(RuntimeWarning, match="margin cache"):
+        without = pairs(lsdb.open_catalog(release.path / "objects"))
+    assert without < ours  # some pairs straddle a border of the release's partitions

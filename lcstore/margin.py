@@ -1,0 +1,94 @@
+"""Margin cache: for each objects partition, the objects of its neighbours near its border.
+
+lsdb cross-matches two catalogs partition by partition. A source of the other catalog near
+a partition's border can have its counterpart just across it, in a neighbouring partition
+of the release; lsdb finds that pair only in the release's *margin cache*, a HATS catalog
+of type ``margin`` that holds, for each partition, the rows of the other partitions within
+``margin_threshold`` arcseconds of its border::
+
+    objects = lsdb.open_catalog(RELEASE / "objects", margin_cache=RELEASE / "objects_margin")
+
+The band around a partition is the ring of HEALPix pixels, just outside it, of the finest
+order whose pixels are at least the threshold across (order 13 for 10"): it holds every
+row within the threshold of the border, and some beyond, which lsdb's own distance test
+drops. Each margin file is sorted by ``_healpix_29`` like the partitions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from hats.io import paths
+from hats.pixel_math import HealpixPixel
+from hats.pixel_math.healpix_shim import order2mindist
+from hats.pixel_math.pixel_margins import get_margin
+
+from lcstore.healpix import SPATIAL_INDEX_COLUMN, index_range, pixel_ranges
+from lcstore.release import LeafFile, in_ranges, overlapping
+from lcstore.write import ROW_GROUP_ROWS, atomic_write_table
+
+#: Width of the margin cache around each objects partition, arcseconds: more than any
+#: cross-match radius for which lsdb is used with the release.
+MARGIN_ARCSEC = 10.0
+
+#: Name of the margin cache's folder in a release.
+MARGIN_CATALOG = "objects_margin"
+
+#: At most this many orders between a partition and its ring: a finer ring (for a smaller
+#: threshold) only costs time, since the ring is always at least the threshold wide.
+_MAX_RING_DEPTH = 10
+
+
+def ring_order(order: int, threshold_arcsec: float) -> int:
+    """HEALPix order of the ring around a partition of ``order``: the finest whose pixels
+    are at least ``threshold_arcsec`` across, and no coarser than the partition."""
+    finest = order
+    while finest - order < _MAX_RING_DEPTH and order2mindist(finest + 1) * 60.0 >= threshold_arcsec:
+        finest += 1
+    return finest
+
+
+def ring_ranges(order: int, pixel: int, threshold_arcsec: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ``_healpix_29`` ranges ``[lo, hi)``, sorted and disjoint, of the band just outside
+    pixel (order, pixel) that holds every point within ``threshold_arcsec`` of its border."""
+    ring = ring_order(order, threshold_arcsec)
+    return pixel_ranges(np.asarray(get_margin(order, pixel, ring - order)), ring)
+
+
+def margin_sources(
+    parts: list[tuple[int, int]], order: int, pixel: int, threshold_arcsec: float
+) -> list[tuple[int, int]]:
+    """The partitions among ``parts`` that reach into the band around (order, pixel)."""
+    lo, hi = ring_ranges(order, pixel, threshold_arcsec)
+    bounds = np.array([index_range(*p) for p in parts], dtype=np.int64).reshape(-1, 2)
+    meets = overlapping(bounds[:, 0], bounds[:, 1] - 1, lo, hi)
+    return [p for p, m in zip(parts, meets, strict=True) if m and p != (order, pixel)]
+
+
+def write_margin_partition(
+    catalog_dir: str,
+    parts: list[tuple[int, int]],
+    order: int,
+    pixel: int,
+    threshold_arcsec: float,
+    margin_dir: str,
+) -> int:
+    """Write the margin of partition (order, pixel) of the catalog in ``catalog_dir`` (whose
+    partitions are ``parts``), if it has any row; return its row count."""
+    lo, hi = ring_ranges(order, pixel, threshold_arcsec)
+    tables = []
+    for part in margin_sources(parts, order, pixel, threshold_arcsec):
+        leaf = LeafFile(Path(paths.pixel_catalog_file(catalog_dir, HealpixPixel(*part))))
+        table, _ = leaf.read(SPATIAL_INDEX_COLUMN, lo, hi, leaf.metadata.schema.to_arrow_schema().names)
+        if table is not None:
+            tables.append(
+                table.filter(pa.array(in_ranges(table.column(SPATIAL_INDEX_COLUMN).to_numpy(), lo, hi)))
+            )
+    rows = sum(t.num_rows for t in tables)
+    if rows:
+        table = pa.concat_tables(tables).sort_by(SPATIAL_INDEX_COLUMN)
+        path = paths.pixel_catalog_file(margin_dir, HealpixPixel(order, pixel))
+        atomic_write_table(table, Path(path), row_group_size=ROW_GROUP_ROWS)
+    return rows

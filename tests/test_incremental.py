@@ -110,6 +110,21 @@ def test_new_reference_catalogs_add_objects(tmp_path, build, survey):
     assert n1 > 0
 
 
+def two_fields(second_centre_deg: tuple[float, float], n_sources: int) -> SurveySpec:
+    """A small survey of two 0.2-degree fields, the first at (150, 20) degrees."""
+    return SurveySpec(
+        field_centers_deg=((150.0, 20.0), second_centre_deg),
+        field_size_deg=0.2,
+        ccds_per_side=1,
+        n_sources=n_sources,
+        n_transients=2,
+        n_nights=12,
+        exposures_per_night=2,
+        reprocess_fraction=0.0,
+        n_redelivered=0,
+    )
+
+
 def first_patch_then_second(tmp_path: Path, build, spec: SurveySpec):
     """DR1 with every epoch of the first field and half of the second's, DR2 with all, on
     one store; DR2 from scratch on another; the two DR2s must be equal. Returns DR2's
@@ -131,18 +146,7 @@ def test_margins_of_unchanged_partitions_follow_their_changed_neighbours(tmp_pat
     """Two fields side by side; DR2 adds epochs to the second only. A partition of the first
     that DR2 shares can still border one that changed: its margin holds the changed
     objects' new statistics, so it is written again, and equals the scratch build's."""
-    spec = SurveySpec(
-        field_centers_deg=((150.0, 20.0), (150.2, 20.0)),
-        field_size_deg=0.2,
-        ccds_per_side=1,
-        n_sources=600,
-        n_transients=2,
-        n_nights=12,
-        exposures_per_night=2,
-        reprocess_fraction=0.0,
-        n_redelivered=0,
-    )
-    report = first_patch_then_second(tmp_path, build, spec)
+    report = first_patch_then_second(tmp_path, build, two_fields((150.2, 20.0), n_sources=600))
     assert report.partitions_shared > 0
     dr1, dr2 = (tmp_path / "inc" / "store" / "releases" / name / MARGIN_CATALOG for name in ("DR1", "DR2"))
     linked = changed = 0
@@ -155,18 +159,7 @@ def test_margins_of_unchanged_partitions_follow_their_changed_neighbours(tmp_pat
 
 def test_partition_split_and_unchanged_partitions_are_shared(tmp_path, build):
     """Two patches of sky; DR2 adds epochs to one only, enough to split its partitions."""
-    spec = SurveySpec(
-        field_centers_deg=((150.0, 20.0), (210.0, -10.0)),
-        field_size_deg=0.2,
-        ccds_per_side=1,
-        n_sources=400,
-        n_transients=2,
-        n_nights=12,
-        exposures_per_night=2,
-        reprocess_fraction=0.0,
-        n_redelivered=0,
-    )
-    report = first_patch_then_second(tmp_path, build, spec)
+    report = first_patch_then_second(tmp_path, build, two_fields((210.0, -10.0), n_sources=400))
     inc = tmp_path / "inc"
     assert report.partitions_shared > 0 and report.partitions_rebuilt > 0
     dr1 = inc / "store" / "releases" / "DR1"

@@ -61,16 +61,17 @@ def gaia_hats(tmp_path_factory, gaia):
     return lsdb.open_catalog(path)
 
 
+def crossmatch_pairs(left, right, left_id: str, right_id: str, radius_arcsec: float) -> set[tuple]:
+    """(left ID, right ID) of each pair lsdb's nearest-neighbour cross-match finds."""
+    matched = left.crossmatch(
+        right, radius_arcsec=radius_arcsec, n_neighbors=1, suffixes=("_l", "_r"), suffix_method="all_columns"
+    ).compute()
+    return set(zip(matched[f"{left_id}_l"], matched[f"{right_id}_r"], strict=True))
+
+
 def lsdb_pairs(release: lcstore.Release, gaia_hats) -> Pairs:
     objects = lsdb.open_catalog(release.path / "objects")
-    matched = objects.crossmatch(
-        gaia_hats,
-        radius_arcsec=RADIUS_ARCSEC,
-        n_neighbors=1,
-        suffixes=("_obj", "_gaia"),
-        suffix_method="all_columns",
-    ).compute()
-    return set(zip(matched["objectid_obj"], matched["source_id_gaia"], strict=True))
+    return crossmatch_pairs(objects, gaia_hats, "objectid", "source_id", RADIUS_ARCSEC)
 
 
 def test_both_catalogs_have_several_partitions(release, gaia_hats):
@@ -125,14 +126,7 @@ def test_release_as_right_catalog_needs_and_has_its_margin_cache(release):
     left = lsdb.from_dataframe(probes, ra_column="ra", dec_column="dec", highest_order=9, partition_rows=500)
 
     def pairs(right) -> Pairs:
-        matched = left.crossmatch(
-            right,
-            radius_arcsec=radius_arcsec,
-            n_neighbors=1,
-            suffixes=("_probe", "_obj"),
-            suffix_method="all_columns",
-        ).compute()
-        return set(zip(matched["objectid_obj"], matched["probe_id_probe"], strict=True))
+        return {(o, p) for p, o in crossmatch_pairs(left, right, "probe_id", "objectid", radius_arcsec)}
 
     with_margin = lsdb.open_catalog(release.path / "objects", margin_cache=release.path / "objects_margin")
     assert len(with_margin.margin.get_healpix_pixels()) > 0

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 from hats.io import paths
 from hats.pixel_math import HealpixPixel
 from hats.pixel_math.healpix_shim import order2mindist
@@ -27,7 +28,7 @@ from hats.pixel_math.pixel_margins import get_margin
 
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, index_range, pixel_ranges
 from lcstore.release import LeafFile, in_ranges, overlapping
-from lcstore.write import ROW_GROUP_ROWS, atomic_write_table
+from lcstore.write import ROW_GROUP_ROWS, atomic_write_arrow, atomic_write_table, read_arrow
 
 #: Width of the margin cache around each objects partition, arcseconds: more than any
 #: cross-match radius for which lsdb is used with the release.
@@ -67,6 +68,29 @@ def margin_sources(
     return [p for p, m in zip(parts, meets, strict=True) if m and p != (order, pixel)]
 
 
+def _piece_file(pieces_dir: str, target: tuple[int, int], source: tuple[int, int]) -> Path:
+    return Path(pieces_dir) / f"{target[0]}-{target[1]}" / f"{source[0]}-{source[1]}.arrow"
+
+
+def write_margin_pieces(
+    catalog_dir: str,
+    order: int,
+    pixel: int,
+    targets: list[tuple[int, int]],
+    threshold_arcsec: float,
+    pieces_dir: str,
+) -> None:
+    """Leave, for each partition in ``targets``, the rows of partition (order, pixel) in its
+    band, for :func:`write_margin_partition`: one read of the partition, instead of one by
+    each of its neighbours' margins."""
+    table = pq.read_table(paths.pixel_catalog_file(catalog_dir, HealpixPixel(order, pixel)))
+    index = table.column(SPATIAL_INDEX_COLUMN).to_numpy()
+    for target in targets:
+        piece = table.filter(pa.array(in_ranges(index, *ring_ranges(*target, threshold_arcsec))))
+        if piece.num_rows:
+            atomic_write_arrow(piece, _piece_file(pieces_dir, target, (order, pixel)))
+
+
 def write_margin_partition(
     catalog_dir: str,
     parts: list[tuple[int, int]],
@@ -74,13 +98,25 @@ def write_margin_partition(
     pixel: int,
     threshold_arcsec: float,
     margin_dir: str,
+    pieces_dir: str,
+    with_pieces: frozenset[tuple[int, int]],
 ) -> int:
     """Write the margin of partition (order, pixel) of the catalog in ``catalog_dir`` (whose
-    partitions are ``parts``), if it has any row; return its row count."""
+    partitions are ``parts``), if it has any row; return its row count.
+
+    The rows of the partitions in ``with_pieces`` come from their pieces
+    (:func:`write_margin_pieces`); the others' (partitions shared with the previous
+    release) are read from the catalog.
+    """
     lo, hi = ring_ranges(order, pixel, threshold_arcsec)
     tables = []
-    for part in margin_sources(parts, order, pixel, threshold_arcsec):
-        leaf = LeafFile(Path(paths.pixel_catalog_file(catalog_dir, HealpixPixel(*part))))
+    for source in margin_sources(parts, order, pixel, threshold_arcsec):
+        if source in with_pieces:
+            piece = _piece_file(pieces_dir, (order, pixel), source)
+            if piece.is_file():
+                tables.append(read_arrow(piece))
+            continue
+        leaf = LeafFile(Path(paths.pixel_catalog_file(catalog_dir, HealpixPixel(*source))))
         table, _ = leaf.read(SPATIAL_INDEX_COLUMN, lo, hi, leaf.metadata.schema.to_arrow_schema().names)
         if table is not None:
             tables.append(

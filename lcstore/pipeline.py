@@ -54,7 +54,13 @@ from lcstore.ingest import (
     write_batch_list,
 )
 from lcstore.manifest import ReleaseState, read_state, write_state
-from lcstore.margin import MARGIN_ARCSEC, MARGIN_CATALOG, margin_sources, write_margin_partition
+from lcstore.margin import (
+    MARGIN_ARCSEC,
+    MARGIN_CATALOG,
+    margin_sources,
+    write_margin_partition,
+    write_margin_pieces,
+)
 from lcstore.match import HISTOGRAM_ORDER, MATCH_VERSION, MatchParams, PixelResult, match_pixel
 from lcstore.progress import gather
 from lcstore.publish import (
@@ -441,6 +447,13 @@ def _build(
         # An objects partition reads the detections partitions it overlaps, so it waits for
         # those only, not for every detections partition.
         det_tasks, written_det = det_written.tasks, frozenset(rebuild_det)
+        # Each objects partition also leaves the rows its neighbours' margins take from it.
+        margin_from = {part: margin_sources(obj_parts, *part, MARGIN_ARCSEC) for part in obj_parts}
+        margin_targets: dict[tuple[int, int], list[tuple[int, int]]] = {part: [] for part in obj_parts}
+        for target, sources_of_target in margin_from.items():
+            for source in sources_of_target:
+                margin_targets[source].append(target)
+        pieces_dir = str(work_dir / "margin")
         obj_written = _submit_partitions(
             client,
             obj_plan,
@@ -448,13 +461,27 @@ def _build(
             prev_dir,
             "objects",
             obj_dir,
-            lambda part: write_object_partition(
-                obj_src, *part, str(det_dir), det_parts, str(obj_dir), written_det
+            lambda part: _objects_and_margin_pieces(
+                part,
+                obj_src,
+                str(det_dir),
+                det_parts,
+                str(obj_dir),
+                written_det,
+                margin_targets[part],
+                pieces_dir,
             ),
             after=lambda part: [det_tasks[p] for p in overlapping(det_parts, *part) if p in det_tasks],
         )
         margin_written = _submit_margins(
-            client, obj_plan, set(rebuild_obj), obj_written.tasks, prev_dir, build_dir
+            client,
+            obj_plan,
+            margin_from,
+            set(rebuild_obj),
+            obj_written.tasks,
+            prev_dir,
+            build_dir,
+            pieces_dir,
         )
         name = config.release
         det_rows = det_written.rows(report, say)
@@ -575,19 +602,37 @@ def _submit_partitions(
     return _PartitionWrites(catalog, tasks, shared)
 
 
+def _objects_and_margin_pieces(
+    part: tuple[int, int],
+    sources: PartitionSources,
+    detections_dir: str,
+    detection_parts: list[tuple[int, int]],
+    catalog_dir: str,
+    written: frozenset[tuple[int, int]],
+    margin_targets: list[tuple[int, int]],
+    pieces_dir: str,
+) -> int:
+    """Write an objects partition, then the pieces of it its neighbours' margins take."""
+    rows = write_object_partition(sources, *part, detections_dir, detection_parts, catalog_dir, written)
+    write_margin_pieces(catalog_dir, *part, margin_targets, MARGIN_ARCSEC, pieces_dir)
+    return rows
+
+
 def _submit_margins(
     client: Client,
     parts: dict[tuple[int, int], int],
+    sources: dict[tuple[int, int], list[tuple[int, int]]],
     rebuilt: set[tuple[int, int]],
     tasks: dict[tuple[int, int], Future],
     previous_release: Path | None,
     build_dir: Path,
+    pieces_dir: str,
 ) -> _PartitionWrites:
-    """Submit the margin of every objects partition whose rows or whose band's rows changed,
-    each after the writes of those partitions; hard-link the others' from the previous
-    release (a partition without margin rows there has no file, and is written again)."""
+    """Submit the margin of every objects partition whose rows or whose band's rows (from
+    the partitions ``sources`` maps it to) changed, each after the writes of those
+    partitions; hard-link the others' from the previous release (a partition without
+    margin rows there has no file, and is written again)."""
     plan = list(parts)
-    sources = {part: margin_sources(plan, *part, MARGIN_ARCSEC) for part in plan}
     previous = previous_release / MARGIN_CATALOG if previous_release else None
 
     def changed(part: tuple[int, int]) -> bool:
@@ -596,6 +641,7 @@ def _submit_margins(
         return part in rebuilt or any(s in rebuilt for s in sources[part])
 
     catalog_dir, margin_dir = str(build_dir / "objects"), str(build_dir / MARGIN_CATALOG)
+    with_pieces = frozenset(tasks)
     return _submit_partitions(
         client,
         parts,
@@ -603,7 +649,9 @@ def _submit_margins(
         previous_release,
         MARGIN_CATALOG,
         build_dir / MARGIN_CATALOG,
-        lambda part: write_margin_partition(catalog_dir, plan, *part, MARGIN_ARCSEC, margin_dir),
+        lambda part: write_margin_partition(
+            catalog_dir, plan, *part, MARGIN_ARCSEC, margin_dir, pieces_dir, with_pieces
+        ),
         after=lambda part: [tasks[p] for p in (part, *sources[part]) if p in tasks],
     )
 

@@ -450,9 +450,9 @@ def _build(
         # Each objects partition also leaves the rows its neighbours' margins take from it.
         margin_from = {part: margin_sources(obj_parts, *part, MARGIN_ARCSEC) for part in obj_parts}
         margin_targets: dict[tuple[int, int], list[tuple[int, int]]] = {part: [] for part in obj_parts}
-        for target, sources_of_target in margin_from.items():
-            for source in sources_of_target:
-                margin_targets[source].append(target)
+        for part, sources_of_part in margin_from.items():
+            for source in sources_of_part:
+                margin_targets[source].append(part)
         pieces_dir = str(work_dir / "margin")
         obj_written = _submit_partitions(
             client,

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from hats.io import paths
 from hats.pixel_math import HealpixPixel
 from hats.pixel_math.healpix_shim import order2mindist
@@ -73,22 +72,21 @@ def _piece_file(pieces_dir: str, target: tuple[int, int], source: tuple[int, int
 
 
 def write_margin_pieces(
-    catalog_dir: str,
-    order: int,
-    pixel: int,
+    table: pa.Table,
+    source: tuple[int, int],
     targets: list[tuple[int, int]],
     threshold_arcsec: float,
     pieces_dir: str,
 ) -> None:
-    """Leave, for each partition in ``targets``, the rows of partition (order, pixel) in its
-    band, for :func:`write_margin_partition`: one read of the partition, instead of one by
-    each of its neighbours' margins."""
-    table = pq.read_table(paths.pixel_catalog_file(catalog_dir, HealpixPixel(order, pixel)))
+    """Leave, for each partition in ``targets``, the rows of partition ``source`` (``table``,
+    sorted by ``_healpix_29``) in its band, for :func:`write_margin_partition`: the rows
+    are taken while the partition is in memory, instead of each neighbour's margin
+    reading it again."""
     index = table.column(SPATIAL_INDEX_COLUMN).to_numpy()
     for target in targets:
         piece = table.filter(pa.array(in_ranges(index, *ring_ranges(*target, threshold_arcsec))))
         if piece.num_rows:
-            atomic_write_arrow(piece, _piece_file(pieces_dir, target, (order, pixel)))
+            atomic_write_arrow(piece, _piece_file(pieces_dir, target, source))
 
 
 def write_margin_partition(

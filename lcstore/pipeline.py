@@ -613,9 +613,9 @@ def _objects_and_margin_pieces(
     pieces_dir: str,
 ) -> int:
     """Write an objects partition, then the pieces of it its neighbours' margins take."""
-    rows = write_object_partition(sources, *part, detections_dir, detection_parts, catalog_dir, written)
-    write_margin_pieces(catalog_dir, *part, margin_targets, MARGIN_ARCSEC, pieces_dir)
-    return rows
+    table = write_object_partition(sources, *part, detections_dir, detection_parts, catalog_dir, written)
+    write_margin_pieces(table, part, margin_targets, MARGIN_ARCSEC, pieces_dir)
+    return table.num_rows
 
 
 def _submit_margins(

@@ -283,8 +283,9 @@ def write_object_partition(
     detection_parts: list[tuple[int, int]],
     catalog_dir: str,
     written: frozenset[tuple[int, int]],
-) -> int:
-    """Write one objects partition: object positions joined with statistics of their detections.
+) -> pa.Table:
+    """Write one objects partition: object positions joined with statistics of their detections;
+    return the rows written.
 
     The statistics come from the release's detections partitions that overlap this
     partition: those this build ``written`` left them in the work directory; the others,
@@ -307,7 +308,7 @@ def write_object_partition(
     table = pa.Table.from_pandas(merged[columns], preserve_index=False)
     path = paths.pixel_catalog_file(catalog_dir, HealpixPixel(order, pixel))
     atomic_write_table(table, Path(path), row_group_size=ROW_GROUP_ROWS)
-    return table.num_rows
+    return table
 
 
 def share_partition(previous_catalog_dir: str, catalog_dir: str, order: int, pixel: int) -> int:

@@ -67,6 +67,19 @@ def margin_sources(
     return [p for p, m in zip(parts, meets, strict=True) if m and p != (order, pixel)]
 
 
+def margin_plan(
+    parts: list[tuple[int, int]], threshold_arcsec: float
+) -> tuple[dict[tuple[int, int], list[tuple[int, int]]], dict[tuple[int, int], list[tuple[int, int]]]]:
+    """For each partition, the partitions that reach into its band (where its margin comes
+    from), and those whose bands it reaches into (where its rows go)."""
+    sources = {part: margin_sources(parts, *part, threshold_arcsec) for part in parts}
+    targets: dict[tuple[int, int], list[tuple[int, int]]] = {part: [] for part in parts}
+    for part, reaching in sources.items():
+        for source in reaching:
+            targets[source].append(part)
+    return sources, targets
+
+
 def _piece_file(pieces_dir: str, target: tuple[int, int], source: tuple[int, int]) -> Path:
     return Path(pieces_dir) / f"{target[0]}-{target[1]}" / f"{source[0]}-{source[1]}.arrow"
 

@@ -57,7 +57,7 @@ from lcstore.manifest import ReleaseState, read_state, write_state
 from lcstore.margin import (
     MARGIN_ARCSEC,
     MARGIN_CATALOG,
-    margin_sources,
+    margin_plan,
     write_margin_partition,
     write_margin_pieces,
 )
@@ -448,11 +448,7 @@ def _build(
         # those only, not for every detections partition.
         det_tasks, written_det = det_written.tasks, frozenset(rebuild_det)
         # Each objects partition also leaves the rows its neighbours' margins take from it.
-        margin_from = {part: margin_sources(obj_parts, *part, MARGIN_ARCSEC) for part in obj_parts}
-        margin_targets: dict[tuple[int, int], list[tuple[int, int]]] = {part: [] for part in obj_parts}
-        for part, sources_of_part in margin_from.items():
-            for source in sources_of_part:
-                margin_targets[source].append(part)
+        margin_from, margin_targets = margin_plan(obj_parts, MARGIN_ARCSEC)
         pieces_dir = str(work_dir / "margin")
         obj_written = _submit_partitions(
             client,

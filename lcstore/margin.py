@@ -104,7 +104,7 @@ def write_margin_pieces(
 
 def write_margin_partition(
     catalog_dir: str,
-    parts: list[tuple[int, int]],
+    sources: list[tuple[int, int]],
     order: int,
     pixel: int,
     threshold_arcsec: float,
@@ -112,16 +112,17 @@ def write_margin_partition(
     pieces_dir: str,
     with_pieces: frozenset[tuple[int, int]],
 ) -> int:
-    """Write the margin of partition (order, pixel) of the catalog in ``catalog_dir`` (whose
-    partitions are ``parts``), if it has any row; return its row count.
+    """Write the margin of partition (order, pixel) of the catalog in ``catalog_dir``, from
+    the partitions ``sources`` that reach into its band (:func:`margin_plan`), if it has
+    any row; return its row count.
 
-    The rows of the partitions in ``with_pieces`` come from their pieces
+    The rows of the sources in ``with_pieces`` come from their pieces
     (:func:`write_margin_pieces`); the others' (partitions shared with the previous
     release) are read from the catalog.
     """
     lo, hi = ring_ranges(order, pixel, threshold_arcsec)
     tables = []
-    for source in margin_sources(parts, order, pixel, threshold_arcsec):
+    for source in sources:
         if source in with_pieces:
             piece = _piece_file(pieces_dir, (order, pixel), source)
             if piece.is_file():

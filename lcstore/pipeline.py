@@ -628,7 +628,6 @@ def _submit_margins(
     the partitions ``sources`` maps it to) changed, each after the writes of those
     partitions; hard-link the others' from the previous release (a partition without
     margin rows there has no file, and is written again)."""
-    plan = list(parts)
     previous = previous_release / MARGIN_CATALOG if previous_release else None
 
     def changed(part: tuple[int, int]) -> bool:
@@ -641,12 +640,12 @@ def _submit_margins(
     return _submit_partitions(
         client,
         parts,
-        {part for part in plan if changed(part)},
+        {part for part in parts if changed(part)},
         previous_release,
         MARGIN_CATALOG,
         build_dir / MARGIN_CATALOG,
         lambda part: write_margin_partition(
-            catalog_dir, plan, *part, MARGIN_ARCSEC, margin_dir, pieces_dir, with_pieces
+            catalog_dir, sources[part], *part, MARGIN_ARCSEC, margin_dir, pieces_dir, with_pieces
         ),
         after=lambda part: [tasks[p] for p in (part, *sources[part]) if p in tasks],
     )

@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from lcstore import schema
 from lcstore.changes import cells_of_units
 from lcstore.errors import InputFileError, StoreError
-from lcstore.healpix import SPATIAL_INDEX_COLUMN, margin_rows, pixel_of, runs, spatial_index
+from lcstore.healpix import SPATIAL_INDEX_COLUMN, margin_rows, pixel_of, runs, spatial_index, spatial_order
 from lcstore.io.ztf_products import (
     read_matchfile_epochs,
     read_matchfile_refs,
@@ -621,7 +621,7 @@ def stage_batch(
                 ledger, cells_of_units(unit_of_row, index, len(ledger), work_order), strict=True
             ):
                 row["cells"] = cells
-            order = np.argsort(index, kind="stable")
+            order = spatial_order(index)
             table = table.take(order)
             index = index[order]
             pixels = pixel_of(index, work_order)

@@ -16,6 +16,7 @@ drops. Each margin file is sorted by ``_healpix_29`` like the partitions.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -50,11 +51,17 @@ def ring_order(order: int, threshold_arcsec: float) -> int:
     return finest
 
 
+@functools.lru_cache(maxsize=4096)
 def ring_ranges(order: int, pixel: int, threshold_arcsec: float) -> tuple[np.ndarray, np.ndarray]:
     """The ``_healpix_29`` ranges ``[lo, hi)``, sorted and disjoint, of the band just outside
-    pixel (order, pixel) that holds every point within ``threshold_arcsec`` of its border."""
+    pixel (order, pixel) that holds every point within ``threshold_arcsec`` of its border.
+
+    Cached (read-only arrays): each partition's band is asked for by each of its neighbours.
+    """
     ring = ring_order(order, threshold_arcsec)
-    return pixel_ranges(np.asarray(get_margin(order, pixel, ring - order)), ring)
+    lo, hi = pixel_ranges(np.asarray(get_margin(order, pixel, ring - order)), ring)
+    lo.flags.writeable = hi.flags.writeable = False
+    return lo, hi
 
 
 def margin_sources(

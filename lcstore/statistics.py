@@ -1,11 +1,12 @@
 """Per-object statistics of a set of detections: counts, mean and scatter of the good
 magnitudes, and the first and last time, in each band.
 
-Pure numpy + pyarrow; no I/O, no Dask.
+Pure numpy, numba and pyarrow; no I/O, no Dask.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -46,7 +47,7 @@ def object_statistics(dets: pa.Table) -> pd.DataFrame:
     pandas.DataFrame
         One row per object, by increasing ``objectid``.
     """
-    ids, obj = np.unique(dets.column("objectid").to_numpy(), return_inverse=True)
+    ids = dets.column("objectid").to_numpy()
     bands = pa.array(schema.FILTERCODES)
     # Filter codes were validated at ingest: every one is found.
     band = pc.index_in(dets.column("filtercode").cast(pa.string()), value_set=bands).to_numpy(
@@ -55,31 +56,76 @@ def object_statistics(dets: pa.Table) -> pd.DataFrame:
     mjd = dets.column("mjd").to_numpy().astype(np.float64)
     mag = dets.column("mag").to_numpy(zero_copy_only=False).astype(np.float64)
     good = (dets.column("catflags").to_numpy() == 0) & np.isfinite(mag)
-    n_bands = len(schema.FILTERCODES)
-    key = obj * n_bands + band  # one slot per (object, band), objects in ``ids`` order
-    size = len(ids) * n_bands
-    nobs = np.bincount(key, minlength=size)
-    ngood = np.bincount(key, weights=good, minlength=size)
-    good_mag = np.where(good, mag, 0.0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.bincount(key, weights=good_mag, minlength=size) / ngood
-        squares = np.bincount(key, weights=np.where(good, (mag - mean[key]) ** 2, 0.0), minlength=size)
-        std = np.where(ngood > 1, np.sqrt(squares / (ngood - 1)), np.nan)
-    first = np.full(size, np.inf)
-    last = np.full(size, -np.inf)
-    np.minimum.at(first, key, mjd)
-    np.maximum.at(last, key, mjd)
-    seen = nobs > 0
+    order, starts = _object_groups(ids)
+    if order is not None:
+        ids, band, mjd, mag, good = ids[order], band[order], mjd[order], mag[order], good[order]
+    nobs, ngood, mean, std, first, last = _band_statistics(
+        starts, band, mjd, mag, good, len(schema.FILTERCODES)
+    )
+    by_id = np.argsort(ids[starts], kind="stable")
     values = {
-        "nobs": nobs.astype(np.int32),
-        "ngood": ngood.astype(np.int32),
-        "mean_mag": mean.astype(np.float32),
-        "std_mag": std.astype(np.float32),
-        "first_mjd": np.where(seen, first, np.nan),
-        "last_mjd": np.where(seen, last, np.nan),
+        "nobs": nobs[by_id],
+        "ngood": ngood[by_id],
+        "mean_mag": mean[by_id].astype(np.float32),
+        "std_mag": std[by_id].astype(np.float32),
+        "first_mjd": first[by_id],
+        "last_mjd": last[by_id],
     }
-    columns = {"objectid": ids}
+    columns = {"objectid": ids[starts][by_id]}
     for b, name in enumerate(schema.FILTERCODES):
         for stat in BAND_STATISTICS:
-            columns[f"{stat}_{name}"] = values[stat][b::n_bands]
+            columns[f"{stat}_{name}"] = values[stat][:, b]
     return pd.DataFrame(columns)
+
+
+def _object_groups(ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """A row order in which each object's rows are contiguous (None when they already
+    are, as in a release partition) and the first row of each object in that order."""
+    starts = np.flatnonzero(np.diff(ids, prepend=ids[:1] - 1)) if len(ids) else np.zeros(0, np.int64)
+    if len(np.unique(ids[starts])) == len(starts):
+        return None, starts
+    order = np.argsort(ids, kind="stable")
+    return order, np.flatnonzero(np.diff(ids[order], prepend=ids[order][:1] - 1))
+
+
+@numba.njit(cache=True)
+def _band_statistics(
+    starts: np.ndarray, band: np.ndarray, mjd: np.ndarray, mag: np.ndarray, good: np.ndarray, n_bands: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per object (rows ``starts[g]`` up to the next start) and band: detections, good
+    detections, mean and sample standard deviation of the good magnitudes (two passes),
+    first and last MJD; NaN where undefined."""
+    n_groups = len(starts)
+    nobs = np.zeros((n_groups, n_bands), np.int32)
+    ngood = np.zeros((n_groups, n_bands), np.int32)
+    mean = np.full((n_groups, n_bands), np.nan)
+    std = np.full((n_groups, n_bands), np.nan)
+    first = np.full((n_groups, n_bands), np.nan)
+    last = np.full((n_groups, n_bands), np.nan)
+    sums = np.zeros(n_bands)
+    for g in range(n_groups):
+        lo = starts[g]
+        hi = starts[g + 1] if g + 1 < n_groups else len(band)
+        sums[:] = 0.0
+        for i in range(lo, hi):
+            b = band[i]
+            if nobs[g, b] == 0 or mjd[i] < first[g, b]:
+                first[g, b] = mjd[i]
+            if nobs[g, b] == 0 or mjd[i] > last[g, b]:
+                last[g, b] = mjd[i]
+            nobs[g, b] += 1
+            if good[i]:
+                ngood[g, b] += 1
+                sums[b] += mag[i]
+        for b in range(n_bands):
+            if ngood[g, b] > 0:
+                mean[g, b] = sums[b] / ngood[g, b]
+        sums[:] = 0.0
+        for i in range(lo, hi):
+            if good[i]:
+                deviation = mag[i] - mean[g, band[i]]
+                sums[band[i]] += deviation * deviation
+        for b in range(n_bands):
+            if ngood[g, b] > 1:
+                std[g, b] = np.sqrt(sums[b] / (ngood[g, b] - 1))
+    return nobs, ngood, mean, std, first, last

@@ -314,18 +314,29 @@ def _read_table(group: tables.Group, name: str, required: tuple[str, ...], path:
 
 
 def _read_psf_catalog(path: PathLike) -> tuple[list[fits.Header], pd.DataFrame]:
-    """Primary and table headers, and the table, of a PSF catalog FITS file."""
+    """Primary and table headers, and the table, of a PSF catalog FITS file.
+
+    An HDU with ``CHECKSUM``/``DATASUM`` keywords must match them: a file changed after it
+    was written (a bad copy, a flipped bit) is refused instead of read with wrong values.
+    """
     _require_file(path)
     with warnings.catch_warnings():
-        # astropy only warns that a file is truncated, and fails later on its data.
+        # astropy only warns that a file is truncated, or that a checksum does not match.
         warnings.simplefilter("error", AstropyUserWarning)
         try:
-            with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
+            with fits.open(path, memmap=False, lazy_load_hdus=False, checksum=True) as hdul:
                 table = next((hdu for hdu in hdul if isinstance(hdu, fits.BinTableHDU)), None)
                 if table is None:
                     raise InputFileError(path, "has no binary table HDU; truncated, or not a PSF catalog")
                 return [hdul[0].header, table.header], _frame(table.data)
-        except (OSError, EOFError, AstropyUserWarning) as exc:
+        except AstropyUserWarning as exc:
+            if "verification failed" in str(exc):
+                raise InputFileError(
+                    path,
+                    f"FITS checksum does not match the file's bytes ({exc}): a damaged copy; deliver it anew",
+                ) from exc
+            raise InputFileError(path, f"not a readable FITS file (truncated or corrupt?): {exc}") from exc
+        except (OSError, EOFError) as exc:
             raise InputFileError(path, f"not a readable FITS file (truncated or corrupt?): {exc}") from exc
 
 

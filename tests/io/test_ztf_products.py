@@ -365,3 +365,24 @@ def test_broken_refpsfcat_is_an_input_file_error(
     broken = rewrite_refpsfcat(source, tmp_path / "catalog.fits", edit)
     with pytest.raises(InputFileError, match=message):
         read_refpsfcat(broken)
+
+
+def test_refpsfcat_whose_data_changed_after_its_checksum_is_refused(
+    shared_data_dir: Path, tmp_path: Path
+) -> None:
+    """A FITS file with CHECKSUM/DATASUM is checked against them: one changed byte in the
+    table's values is refused, where without the keywords it would be read as it is."""
+    source = refpsfcat_path(shared_data_dir, "ztf_000202_zg_c10_q1_refpsfcat.fits")
+    plain, summed = tmp_path / "plain.fits", tmp_path / "summed.fits"
+    with fits.open(source) as hdul:
+        hdul.writeto(plain)
+        hdul.writeto(summed, checksum=True)
+        value = hdul[1].fileinfo()["datLoc"] + 1000  # a byte inside the table's values
+    assert len(read_refpsfcat(summed)) == len(read_refpsfcat(plain)) == 18833
+    for path in (plain, summed):
+        data = bytearray(path.read_bytes())
+        data[value] ^= 0x01
+        path.write_bytes(bytes(data))
+    assert len(read_refpsfcat(plain)) == 18833  # the change goes unnoticed
+    with pytest.raises(InputFileError, match="FITS checksum does not match"):
+        read_refpsfcat(summed)

@@ -28,9 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +36,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.feather as feather
 import pyarrow.parquet as pq
 
 from lcstore import schema
 from lcstore.changes import cells_of_units
 from lcstore.errors import InputFileError, StoreError
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, margin_rows, pixel_of, runs, spatial_index, spatial_order
+from lcstore.io.isolated import read_isolated
 from lcstore.io.ztf_products import (
     read_matchfile_epochs,
     read_matchfile_refs,
@@ -299,28 +296,6 @@ def _read_parquet(path: str) -> pa.Table:
 _EPOCH_UNIT_KEY = [*schema.EXPOSURE_QUADRANT_KEY, "procversion"]
 
 
-def _isolated(reader: Callable[[str], pd.DataFrame], path: str) -> pa.Table:
-    """Run an HDF5 reader in a child process: corrupt HDF5 can crash the reading process
-    itself (a segfault in the HDF5 library), and that must quarantine the file, not kill
-    the worker and, through its retries, the build."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "table.arrow"
-        code = (
-            "import sys, pyarrow as pa, pyarrow.feather as f\n"
-            f"from {reader.__module__} import {reader.__name__} as read\n"
-            "f.write_feather(pa.Table.from_pandas(read(sys.argv[1]), preserve_index=False), sys.argv[2])\n"
-        )
-        done = subprocess.run(
-            [sys.executable, "-c", code, path, str(out)], capture_output=True, text=True, check=False
-        )
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no message"])[-1]
-            if last.startswith("lcstore.errors.InputFileError: "):
-                raise InputFileError(path, last.split(": ", 2)[-1])
-            raise InputFileError(path, f"unreadable: the reader failed (exit {done.returncode}): {last}")
-        return feather.read_table(out)
-
-
 def read_units(kind: str, path: str) -> list[tuple[tuple, pa.Table]]:
     """Read one input file and split it into validated units.
 
@@ -378,7 +353,7 @@ def _read_units(kind: str, path: str) -> list[tuple[tuple, pa.Table]]:
     file_kind = sniff_kind(path)
     if kind == EPOCHS:
         if file_kind == "matchfile":
-            table = validate_epochs(_isolated(read_matchfile_epochs, path), path)
+            table = validate_epochs(read_isolated(read_matchfile_epochs, path), path)
         elif file_kind == "parquet":
             return _parquet_epoch_units(_read_parquet(path), path)
         else:
@@ -386,7 +361,7 @@ def _read_units(kind: str, path: str) -> list[tuple[tuple, pa.Table]]:
         key_cols = _EPOCH_UNIT_KEY
     else:
         if file_kind == "matchfile":
-            table = validate_refs(_isolated(read_matchfile_refs, path), path)
+            table = validate_refs(read_isolated(read_matchfile_refs, path), path)
         elif file_kind == "refpsfcat":
             table = validate_refs(read_refpsfcat(path), path)
         elif file_kind == "parquet":

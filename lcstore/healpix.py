@@ -53,18 +53,6 @@ def pixel_of(index29: np.ndarray | int, order: int) -> np.ndarray | int:
     return np.asarray(index29, dtype=np.int64) >> (2 * (SPATIAL_INDEX_ORDER - order))
 
 
-def spatial_order(index29: np.ndarray) -> np.ndarray:
-    """The stable order of rows by their order-29 index (``np.argsort(..., kind="stable")``).
-
-    A quicksort, five times faster on unsorted rows, is redone stably only when two rows
-    share an index (0.4 mas apart), so rows keep their input order among equals.
-    """
-    order = np.argsort(index29)
-    if len(order) > 1 and not np.diff(index29[order]).all():
-        return np.argsort(index29, kind="stable")
-    return order
-
-
 def runs(pixels: np.ndarray) -> list[tuple[int, int]]:
     """``(start, end)`` of each run of equal values in a sorted array of pixels."""
     if len(pixels) == 0:

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from lcstore import schema
 from lcstore.changes import cells_of_units
 from lcstore.errors import InputFileError, StoreError
-from lcstore.healpix import SPATIAL_INDEX_COLUMN, margin_rows, pixel_of, runs, spatial_index, spatial_order
+from lcstore.healpix import SPATIAL_INDEX_COLUMN, margin_rows, pixel_of, runs, spatial_index
 from lcstore.io.isolated import read_isolated
 from lcstore.io.ztf_products import (
     read_matchfile_epochs,
@@ -596,7 +596,7 @@ def stage_batch(
                 ledger, cells_of_units(unit_of_row, index, len(ledger), work_order), strict=True
             ):
                 row["cells"] = cells
-            order = spatial_order(index)
+            order = np.argsort(index, kind="stable")
             table = table.take(order)
             index = index[order]
             pixels = pixel_of(index, work_order)

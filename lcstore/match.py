@@ -299,10 +299,9 @@ class _Output:
         if out is None or out.num_rows == 0:
             return
         # Sorted by object position: the write step takes each partition's share of an
-        # owner's file by binary search, not the whole file. The order among one object's
-        # rows is left to the write step (it sorts them by time); numpy's quicksort is
-        # five times faster than a stable sort here.
-        order = np.argsort(out.column(SPATIAL_INDEX_COLUMN).to_numpy())
+        # owner's file by binary search, not the whole file. The rows come nearly in that
+        # order (staged by detection position), which numpy's timsort is fast on.
+        order = np.argsort(out.column(SPATIAL_INDEX_COLUMN).to_numpy(), kind="stable")
         out = out.take(order)
         index29 = out.column(SPATIAL_INDEX_COLUMN).to_numpy()
         owners = pixel_of(index29, self.params.work_order)
@@ -448,7 +447,7 @@ def cell_sums(table: pa.Table, columns: list[str], order: int) -> dict[int, tupl
         values = _as_int64(table.column(c).to_numpy(zero_copy_only=False))
         # Distinct multipliers per column so that swapping two columns' values shows.
         _mix_into(row_hash, values.view(np.uint64), np.uint64(2 * i + 1))
-    order_ = np.argsort(cells)  # sums do not depend on the rows' order
+    order_ = np.argsort(cells, kind="stable")
     cells, row_hash = cells[order_], row_hash[order_]
     starts = np.flatnonzero(np.r_[True, np.diff(cells) != 0])
     sums = np.add.reduceat(row_hash, starts)

@@ -4,15 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcstore.healpix import (
-    index_range,
-    margin_pixels,
-    margin_rows,
-    neighbour_pixels,
-    pixel_of,
-    spatial_index,
-    spatial_order,
-)
+from lcstore.healpix import index_range, margin_pixels, margin_rows, neighbour_pixels, pixel_of, spatial_index
 from lcstore.index import (
     histogram,
     index_range_of_partitions,
@@ -99,11 +91,3 @@ def test_margin_rows_are_the_rows_in_each_neighbours_band(lon, lat, order, margi
         expected = np.flatnonzero(np.isin(pixel_of(idx, fine), band))
         assert rows.get(int(nbr), np.zeros(0, dtype=np.int64)).tolist() == expected.tolist()
     assert set(rows) <= {int(n) for n in neighbour_pixels(order, pixel)}
-
-
-@settings(max_examples=60, deadline=None)
-@given(values=st.lists(st.integers(0, 2**62), max_size=200), repeats=st.integers(0, 20))
-def test_spatial_order_is_the_stable_order(values, repeats):
-    index = np.array(values + values[:repeats], dtype=np.int64)  # some indices twice
-    np.random.default_rng(len(values)).shuffle(index)
-    np.testing.assert_array_equal(spatial_order(index), np.argsort(index, kind="stable"))

@@ -56,9 +56,11 @@ def object_statistics(dets: pa.Table) -> pd.DataFrame:
     mjd = dets.column("mjd").to_numpy().astype(np.float64)
     mag = dets.column("mag").to_numpy(zero_copy_only=False).astype(np.float64)
     good = (dets.column("catflags").to_numpy() == 0) & np.isfinite(mag)
-    order, starts = _object_groups(ids)
-    if order is not None:
+    starts = _group_starts(ids)
+    if len(np.unique(ids[starts])) < len(starts):  # some object's rows are not contiguous
+        order = np.argsort(ids, kind="stable")
         ids, band, mjd, mag, good = ids[order], band[order], mjd[order], mag[order], good[order]
+        starts = _group_starts(ids)
     nobs, ngood, mean, std, first, last = _band_statistics(
         starts, band, mjd, mag, good, len(schema.FILTERCODES)
     )
@@ -78,14 +80,9 @@ def object_statistics(dets: pa.Table) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def _object_groups(ids: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
-    """A row order in which each object's rows are contiguous (None when they already
-    are, as in a release partition) and the first row of each object in that order."""
-    starts = np.flatnonzero(np.diff(ids, prepend=ids[:1] - 1)) if len(ids) else np.zeros(0, np.int64)
-    if len(np.unique(ids[starts])) == len(starts):
-        return None, starts
-    order = np.argsort(ids, kind="stable")
-    return order, np.flatnonzero(np.diff(ids[order], prepend=ids[order][:1] - 1))
+def _group_starts(ids: np.ndarray) -> np.ndarray:
+    """The first row of each run of equal IDs."""
+    return np.flatnonzero(np.diff(ids, prepend=ids[:1] - 1))
 
 
 @numba.njit(cache=True)

@@ -87,11 +87,23 @@ _children_lock = threading.Lock()
 def _child() -> _Child:
     """This thread's reader process, started if it has none or its last one died."""
     child = getattr(_local, "child", None)
-    if child is None or child.process.poll() is not None:
+    if child is not None and child.process.poll() is not None:
+        _retire(child)
+        child = None
+    if child is None:
         child = _local.child = _Child()
         with _children_lock:
             _children.add(child)
     return child
+
+
+def _retire(child: _Child) -> None:
+    """Forget a reader process and release its pipes and files."""
+    if getattr(_local, "child", None) is child:
+        _local.child = None
+    with _children_lock:
+        _children.discard(child)
+    child.close()
 
 
 @atexit.register
@@ -122,11 +134,8 @@ def read_isolated(reader: Callable[[str], pd.DataFrame], path: str) -> pa.Table:
         request = {"module": reader.__module__, "name": reader.__name__, "path": path, "out": str(out)}
         answer = child.ask(request)
         if answer is None:
-            _local.child = None
-            with _children_lock:
-                _children.discard(child)
             words = child.last_words()
-            child.close()
+            _retire(child)
             raise InputFileError(path, f"unreadable: the reader crashed ({words})")
         if answer["error"] is not None:
             raise InputFileError(path, answer["error"])

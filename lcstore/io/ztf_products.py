@@ -329,15 +329,14 @@ def _read_psf_catalog(path: PathLike) -> tuple[list[fits.Header], pd.DataFrame]:
                 if table is None:
                     raise InputFileError(path, "has no binary table HDU; truncated, or not a PSF catalog")
                 return [hdul[0].header, table.header], _frame(table.data)
-        except AstropyUserWarning as exc:
-            if "verification failed" in str(exc):
-                raise InputFileError(
-                    path,
-                    f"FITS checksum does not match the file's bytes ({exc}): a damaged copy; deliver it anew",
-                ) from exc
-            raise InputFileError(path, f"not a readable FITS file (truncated or corrupt?): {exc}") from exc
-        except (OSError, EOFError) as exc:
-            raise InputFileError(path, f"not a readable FITS file (truncated or corrupt?): {exc}") from exc
+        except (OSError, EOFError, AstropyUserWarning) as exc:
+            if isinstance(exc, AstropyUserWarning) and "verification failed" in str(exc):
+                reason = (
+                    f"FITS checksum does not match the file's bytes ({exc}): a damaged copy, deliver it anew"
+                )
+            else:
+                reason = f"not a readable FITS file (truncated or corrupt?): {exc}"
+            raise InputFileError(path, reason) from exc
 
 
 def _header_value(headers: list[fits.Header], key: str) -> object | None:

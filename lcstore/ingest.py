@@ -42,7 +42,7 @@ from lcstore import schema
 from lcstore.changes import cells_of_units
 from lcstore.errors import InputFileError, StoreError
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, margin_rows, pixel_of, runs, spatial_index
-from lcstore.io.isolated import read_isolated
+from lcstore.io.isolated import read_isolated, stop_reader
 from lcstore.io.ztf_products import (
     read_matchfile_epochs,
     read_matchfile_refs,
@@ -340,12 +340,15 @@ def read_files(kind: str, paths: list[str]) -> list[list[tuple[tuple, pa.Table]]
         chunk = together[first : first + TOGETHER]
         for i, result in zip(chunk, read_epoch_parquets([paths[i] for i in chunk]), strict=True):
             results[i] = result
-    for i, path in enumerate(paths):
-        if results[i] is None:
-            try:
-                results[i] = read_units(kind, path)
-            except InputFileError as err:
-                results[i] = err
+    try:
+        for i, path in enumerate(paths):
+            if results[i] is None:
+                try:
+                    results[i] = read_units(kind, path)
+                except InputFileError as err:
+                    results[i] = err
+    finally:
+        stop_reader()  # matchfiles' reader process: its memory is better spent on the build
     return results
 
 

@@ -6,7 +6,9 @@ file instead of a dead Dask worker and, through its retries, a failed build.
 
 Starting a Python interpreter costs about 0.7 s, reading a small matchfile about 15 ms, so
 the child lives on: each thread that reads gets its own, started at its first file and
-started again after a crash. A child ends when its parent closes its stdin, or dies.
+started again after a crash. It holds about 140 MB (the reader libraries), so callers stop
+it when they are done with a batch of files (:func:`stop_reader`). A child also ends when
+its parent closes its stdin, or dies.
 
 The protocol, one JSON object per line: the parent sends ``{"module", "name", "path",
 "out"}``; the child calls ``module.name(path)``, writes the DataFrame it returns to the
@@ -104,6 +106,13 @@ def _retire(child: _Child) -> None:
     with _children_lock:
         _children.discard(child)
     child.close()
+
+
+def stop_reader() -> None:
+    """Stop this thread's reader process, if it has one; the next read starts another."""
+    child = getattr(_local, "child", None)
+    if child is not None:
+        _retire(child)
 
 
 @atexit.register

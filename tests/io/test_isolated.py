@@ -91,3 +91,11 @@ def test_each_thread_has_its_own_child(matchfile: Path) -> None:
         t.join()
     assert len(set(pids)) == 2
     assert len(isolated._children) == 2
+
+
+def test_stop_reader_ends_this_threads_child(matchfile: Path) -> None:
+    read_isolated(read_matchfile_epochs, str(matchfile))
+    process = isolated._local.child.process
+    isolated.stop_reader()
+    assert process.poll() is not None and not isolated._children
+    assert read_isolated(read_matchfile_epochs, str(matchfile)).num_rows == 101

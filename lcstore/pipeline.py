@@ -246,11 +246,13 @@ def _ingest(
         with timer.step("hashing"):
             files = _hash_files(client, unseen)
         fresh: dict[str, InputFile] = {}
+        copies: dict[str, list[str]] = {}  # path of the file staged -> its byte-identical copies
         for f in files:
             if f.sha256 in known:
                 report.files_already_ingested += 1
             elif f.sha256 in fresh:
                 report.files_duplicate += 1
+                copies.setdefault(fresh[f.sha256].path, []).append(f.path)
                 say(f"  {f.path}: same content as {fresh[f.sha256].path}, skipped")
             else:
                 fresh[f.sha256] = f
@@ -274,6 +276,12 @@ def _ingest(
             staged.append(r.batch)
             report.files_ingested += r.files
             report.quarantined += [asdict(q) for q in r.quarantined]
+            for q in r.quarantined:  # a copy of a refused file is refused too, by name
+                same = copies.get(q.path, [])
+                report.files_duplicate -= len(same)
+                report.quarantined += [
+                    {"path": path, "reason": f"same content as {q.path}: {q.reason}"} for path in same
+                ]
             add_seconds(report.task_seconds, {f"ingest {k}": v for k, v in r.seconds.items()})
         took = ", ".join(f"{step} {seconds:.1f}s" for step, seconds in timer.seconds.items())
         say(

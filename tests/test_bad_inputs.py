@@ -526,6 +526,25 @@ def test_strict_build_passes_once_a_quarantined_file_is_removed(corpus, build, t
     assert (store / "LATEST").read_text().strip() == "DR2"
 
 
+def test_every_copy_of_a_quarantined_file_is_quarantined_by_name(corpus, build, tmp_path):
+    epochs1, refs1 = corpus.dr1_inputs
+    epochs = tmp_path / "epochs"
+    shutil.copytree(epochs1, epochs)
+    bad = corpus.broken["truncated Parquet"]
+    copies = [epochs / f"copy{i}_{bad.name}" for i in range(2)]
+    for copy in copies:
+        shutil.copy(bad, copy)
+    with pytest.raises(StrictBuildError) as refused:
+        build(epochs, refs1, copy_store(corpus, tmp_path / "strict"), "DR2", strict=True)
+    assert all(str(copy) in str(refused.value) for copy in copies)
+    report = build(epochs, refs1, copy_store(corpus, tmp_path / "lenient"), "DR2")
+    reasons = {q["path"]: q["reason"] for q in report.quarantined}
+    assert sorted(reasons) == sorted(map(str, copies))
+    first, second = sorted(reasons, key=lambda path: reasons[path].startswith("same content"))
+    assert reasons[second] == f"same content as {first}: {reasons[first]}"
+    assert report.files_duplicate == 0
+
+
 def _with_a_conflicting_copy(corpus, tmp_path) -> tuple[Path, Path, Path, Path]:
     """DR1's inputs plus a second content for one of its exposure-quadrants, and a copy of
     the DR1 store: (epochs, refs, the conflicting file, store)."""

@@ -154,6 +154,21 @@ examples:
   lcstore diff /data/store DR5 DR6 --json
 """
 
+_WITHDRAW_EXAMPLES = """\
+Withdraws an ingested file from every later release: the next build leaves out its rows,
+as if it had never been delivered (an older procversion it superseded counts again; a
+conflict it won goes to the other file). Published releases do not change. The file is
+named by its path, if it still exists, or by the leading hex digits (8 or more) of its
+SHA-256, as build reports print them. Withdrawal is final: the same bytes delivered again
+are skipped as already in the store.
+
+examples:
+  lcstore withdraw /tmp/store /data/epochs/ztf_20200101_000245_zr_c10_q1_v2.parquet \\
+      --reason "wrong zero point, see ops ticket 123"
+  lcstore withdraw /tmp/store 3fa29c1b0e --reason "conflict: the other file is right"
+  lcstore withdraw /tmp/store --list
+"""
+
 _VERIFY_EXAMPLES = """\
 Checks published releases against what their build recorded and against the store's
 ledger: HATS validity of objects/ and detections/, every file's size and SHA-256 against
@@ -377,6 +392,24 @@ def _diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _withdraw(args: argparse.Namespace) -> int:
+    from lcstore.withdraw import withdraw, withdrawals
+
+    if args.list:
+        Store(args.store).config()
+        for w in withdrawals(args.store):
+            print(f"{w.sha256[:12]}  {w.time}  {w.units} unit(s)  {', '.join(w.paths)}: {w.reason}")
+        return 0
+    if args.file is None or args.reason is None:
+        args.parser.error("give FILE and --reason, or --list")
+    w = withdraw(args.store, args.file, args.reason)
+    print(
+        f"withdrew {', '.join(w.paths)} (sha256 {w.sha256[:12]}…, {w.units} unit(s)); "
+        "the next build leaves its rows out"
+    )
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from lcstore.verify import verify_store
 
@@ -529,6 +562,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("new", metavar="NEW", help="the later release")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p.set_defaults(run=_diff)
+
+    p = command("withdraw", "leave an ingested file out of every later release", _WITHDRAW_EXAMPLES)
+    p.add_argument("store", metavar="STORE", help="store directory")
+    p.add_argument("file", nargs="?", metavar="FILE", help="the file's path, or its SHA-256's leading digits")
+    p.add_argument("--reason", metavar="TEXT", help="why, for the record")
+    p.add_argument("--list", action="store_true", help="list the store's withdrawn files instead")
+    p.set_defaults(run=_withdraw)
 
     p = command("verify", "check published releases against their checksums and the ledger", _VERIFY_EXAMPLES)
     p.add_argument("store", metavar="STORE", help="store directory")

@@ -75,6 +75,7 @@ from lcstore.store import DEFAULT_WORK_ORDER, Store
 from lcstore.supersede import select_units
 from lcstore.timing import StepTimer, add_seconds
 from lcstore.verify import write_checksums
+from lcstore.withdraw import withdrawals
 from lcstore.write import (
     SORTED_RUN_SUFFIX,
     PartitionSources,
@@ -123,6 +124,7 @@ class BuildReport:
     quarantined: list[dict] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     units_superseded: int = 0
+    units_withdrawn: int = 0
     detections: int = 0
     objects: int = 0
     detection_only_objects: int = 0
@@ -146,7 +148,7 @@ class BuildReport:
             f"{self.files_already_ingested:,} already in the store, {self.files_duplicate:,} duplicate "
             f"copies skipped, {len(self.quarantined):,} quarantined",
             f"  {self.units_superseded:,} exposure-quadrant versions superseded, "
-            f"{len(self.conflicts):,} conflicts",
+            f"{len(self.conflicts):,} conflicts, {self.units_withdrawn:,} units of withdrawn files left out",
             f"  partitions: {self.detection_partitions} detections, {self.object_partitions} objects; "
             f"{self.partitions_rebuilt} written, {self.partitions_shared} shared with "
             f"{self.base_release or 'no earlier release'}",
@@ -375,8 +377,9 @@ def _build(
     order = store.work_order
     work_dir = build_dir / "work"
     ledger = read_ledger(store.path)
-    selection = select_units(ledger)
+    selection = select_units(ledger, _withdrawn(store))
     report.units_superseded = len(selection.superseded)
+    report.units_withdrawn = len(selection.withdrawn)
     report.conflicts = selection.conflicts
     units = _units_in_use(ledger, selection, config.cutoffs)
     report.reference_sources = int(units.loc[units["kind"] == REFS, "nrows"].sum())
@@ -680,6 +683,11 @@ def _strict_message(release: str, what: str, details: list[str]) -> str:
     )
 
 
+def _withdrawn(store: Store) -> frozenset[str]:
+    """Content hashes of the store's withdrawn files."""
+    return frozenset(w.sha256 for w in withdrawals(store.path))
+
+
 def _new_conflicts(store: Store, batches: list[str], conflicts: list[str]) -> list[str]:
     """The conflicts the batches brought: those the ledger without them does not have.
 
@@ -687,7 +695,7 @@ def _new_conflicts(store: Store, batches: list[str], conflicts: list[str]) -> li
     a strict build stops only for the inputs it meets itself.
     """
     ledger = read_ledger(store.path)
-    before = set(select_units(ledger[~ledger["batch"].isin(batches)]).conflicts)
+    before = set(select_units(ledger[~ledger["batch"].isin(batches)], _withdrawn(store)).conflicts)
     return [c for c in conflicts if c not in before]
 
 

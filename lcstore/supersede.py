@@ -7,6 +7,8 @@
   delivery order) and the conflict is reported.
 * A reference catalog (field, ccdid, qid, filtercode) delivered in several versions keeps
   the same deterministic choice and reports it.
+* The units of a withdrawn file (:mod:`lcstore.withdraw`) are left out before any of the
+  above: they supersede nothing and win no conflict.
 
 Pure pandas; no I/O.
 """
@@ -29,10 +31,11 @@ class Selection:
     superseded: np.ndarray  # older procversions
     conflicting: np.ndarray  # same key and version as a kept unit, different content
     conflicts: list[str] = field(default_factory=list)
+    withdrawn: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # withdrawn files
 
     @property
     def excluded(self) -> np.ndarray:
-        return np.union1d(self.superseded, self.conflicting)
+        return np.union1d(np.union1d(self.superseded, self.conflicting), self.withdrawn)
 
 
 def _pick(units: pd.DataFrame, key: list[str], version: str | None) -> tuple[pd.Series, pd.Series, list[str]]:
@@ -53,16 +56,19 @@ def _pick(units: pd.DataFrame, key: list[str], version: str | None) -> tuple[pd.
     return superseded, conflicting, conflicts
 
 
-def select_units(ledger: pd.DataFrame) -> Selection:
+def select_units(ledger: pd.DataFrame, withdrawn: frozenset[str] = frozenset()) -> Selection:
     """Decide which staged units a build uses.
 
     Parameters
     ----------
     ledger : pandas.DataFrame
         The store's ledger (see :func:`lcstore.ingest.read_ledger`).
+    withdrawn : frozenset of str
+        SHA-256 of the withdrawn files.
     """
-    epochs = ledger[ledger["kind"] == EPOCHS]
-    refs = ledger[ledger["kind"] == REFS]
+    gone = ledger["sha256"].isin(withdrawn)
+    epochs = ledger[~gone & (ledger["kind"] == EPOCHS)]
+    refs = ledger[~gone & (ledger["kind"] == REFS)]
     e_sup, e_conf, e_msgs = _pick(epochs, list(schema.EXPOSURE_QUADRANT_KEY), "procversion")
     r_sup, r_conf, r_msgs = _pick(refs, list(schema.REF_CATALOG_KEY), None)
     # A reference catalog has no version: any other content for the same key is a conflict.
@@ -70,4 +76,5 @@ def select_units(ledger: pd.DataFrame) -> Selection:
         superseded=np.sort(e_sup.to_numpy(dtype=np.int64)),
         conflicting=np.sort(np.concatenate([e_conf, r_sup, r_conf]).astype(np.int64)),
         conflicts=e_msgs + r_msgs,
+        withdrawn=np.sort(ledger.loc[gone, "unit"].to_numpy(dtype=np.int64)),
     )

@@ -35,6 +35,7 @@ from lcstore.cli import EXIT_STRICT, main
 from lcstore.errors import StrictBuildError
 from lcstore.ingest import EPOCHS, REFS, read_ledger, read_units
 from lcstore.simulate import PRESETS, load_truth, simulate
+from lcstore.withdraw import withdraw
 
 KEY = ["expid", "ccdid", "qid", "sourceid", "procversion"]
 
@@ -576,6 +577,27 @@ def test_strict_build_passes_over_a_conflict_an_earlier_build_reported(corpus, b
     report = build(epochs, refs1, store, "DR3", strict=True)
     assert len(report.conflicts) == 1  # still reported, but it does not stop the build
     assert (store / "LATEST").read_text().strip() == "DR3"
+
+
+@pytest.mark.parametrize("withdrawn", ["winner", "loser"])
+def test_withdrawing_either_side_of_a_conflict_leaves_the_other(corpus, build, tmp_path, withdrawn):
+    """The conflict was resolved from the ledger; withdrawing a file resolves it for good.
+    The release then holds exactly the other file's rows for that exposure-quadrant."""
+    epochs, refs1, altered, store = _with_a_conflicting_copy(corpus, tmp_path)
+    original = altered.with_name(sorted(p.name for p in epochs.rglob("*_v1.parquet"))[0])
+    assert len(build(epochs, refs1, store, "DR2").conflicts) == 1
+    kept_before = set(read_catalog(store, "DR2", "detections")["mag"])
+    winner = original if set(pd.read_parquet(original)["mag"]) <= kept_before else altered
+    gone = winner if withdrawn == "winner" else ({original, altered} - {winner}).pop()
+    record = withdraw(store, str(gone), "test")
+    assert record.units == 1 and [Path(p).name for p in record.paths] == [gone.name]
+    report = build(epochs, refs1, store, "DR3")
+    assert report.conflicts == [] and report.units_withdrawn == 1
+    stays = ({original, altered} - {gone}).pop()
+    key = pd.read_parquet(stays)[["expid", "ccdid", "qid", "sourceid", "mag"]]
+    dets = read_catalog(store, "DR3", "detections").merge(key[["expid", "ccdid", "qid", "sourceid"]])
+    assert len(dets) == len(key)
+    np.testing.assert_array_equal(np.sort(dets["mag"].to_numpy()), np.sort(key["mag"].to_numpy()))
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from lcstore.ingest import STAGING_SUFFIX
 from lcstore.margin import MARGIN_CATALOG
 from lcstore.simulate import PRESETS, SurveySpec, load_truth, simulate
 from lcstore.store import FORMAT_VERSION
+from lcstore.withdraw import withdraw
 from lcstore.write import read_arrow
 
 KEY = ["expid", "ccdid", "qid", "sourceid", "procversion"]
@@ -75,6 +76,28 @@ HISTORIES = {
     "reprocessing": (lambda rel, mjd: "_v2" not in rel, ("2030-01-01", "2030-01-01")),
     "embargo-rollover": (lambda rel, mjd: True, ("2018-03-22", "2018-03-19")),
 }
+
+
+def test_a_withdrawn_file_leaves_the_next_release_as_if_never_delivered(tmp_path, build, survey):
+    """A reprocessed version withdrawn after DR1: DR2 equals a scratch build of the inputs
+    without it, so its rows are gone and the version it superseded is back."""
+    inc, scratch = tmp_path / "inc", tmp_path / "scratch"
+    deliver(survey, inc, lambda rel, mjd: True)
+    shutil.copytree(survey / "refs", inc / "refs")
+    build(inc / "epochs", inc / "refs", inc / "store", "DR1", **SMALL)
+    gone = sorted((inc / "epochs").rglob("*_v2.parquet"))[0]
+    withdraw(inc / "store", str(gone), "wrong zero point")
+    report = build(inc / "epochs", inc / "refs", inc / "store", "DR2", **SMALL)
+    assert report.base_release == "DR1" and report.units_withdrawn == 1
+    rel = str(gone.relative_to(inc / "epochs"))
+    deliver(survey, scratch, lambda r, mjd: r != rel)
+    shutil.copytree(survey / "refs", scratch / "refs")
+    build(scratch / "epochs", scratch / "refs", scratch / "store", "DR2", **SMALL)
+    assert_same_release(inc / "store", scratch / "store", "DR2")
+    quadrant = pd.read_parquet(gone, columns=["expid", "ccdid", "qid"]).iloc[:1]
+    for release, version in (("DR1", 2), ("DR2", 1)):
+        rows = read(inc / "store", release, "detections").merge(quadrant)
+        assert len(rows) and set(rows["procversion"]) == {version}
 
 
 @pytest.mark.parametrize("history", sorted(HISTORIES))

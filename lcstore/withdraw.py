@@ -1,0 +1,107 @@
+"""Withdraw an ingested file, so that later releases leave its rows out.
+
+The store keeps every file it was given (docs/inputs.md). A file found wrong after it
+was ingested (bad data, rows of the wrong program, the winner of a conflict that should
+have lost) is withdrawn by its content. Published releases do not change. The next build
+leaves out every unit of the file, as if it had never been delivered: an older
+procversion that it superseded counts again, and a conflict that it won goes to the
+other file.
+
+Each withdrawal is a record ``STORE/withdrawn/<sha256>.json``, written atomically while
+holding the store's lock. It is final: the same bytes delivered again are skipped as
+already in the store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from lcstore.errors import StoreError
+from lcstore.ingest import hash_file, read_ledger
+from lcstore.store import Store, write_text_atomic
+
+#: Folder of a store that holds the withdrawal records.
+WITHDRAWN_DIR = "withdrawn"
+
+#: Fewest hex digits of a content hash accepted to name a file.
+MIN_HASH_PREFIX = 8
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """A withdrawn file: its content hash, where it was delivered, its units, why, when."""
+
+    sha256: str
+    paths: list[str]
+    units: int
+    reason: str
+    time: str  # UTC, ISO 8601
+
+
+def withdraw(store: Store | str | Path, target: str, reason: str) -> Withdrawal:
+    """Withdraw an ingested file from every later release of ``store``.
+
+    Parameters
+    ----------
+    store : Store, str or Path
+        The store.
+    target : str
+        The file (its path, if it still exists: it is hashed) or at least
+        :data:`MIN_HASH_PREFIX` leading hex digits of its SHA-256.
+    reason : str
+        Why, for the record and the build reports.
+
+    Raises
+    ------
+    StoreError
+        If ``store`` is not a store, another build holds its lock, or ``target`` names no
+        single file of its ledger.
+    """
+    st = store if isinstance(store, Store) else Store(store)
+    st.config()
+    with st.lock():
+        ledger = read_ledger(st.path)
+        sha = _content_of(target, ledger, st.path)
+        rows = ledger[ledger["sha256"] == sha]
+        record = Withdrawal(
+            sha256=sha,
+            paths=sorted(set(rows["path"])),
+            units=len(rows),
+            reason=reason,
+            time=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        folder = st.path / WITHDRAWN_DIR
+        folder.mkdir(exist_ok=True)
+        write_text_atomic(folder / f"{sha}.json", json.dumps(asdict(record), indent=2))
+    return record
+
+
+def _content_of(target: str, ledger: pd.DataFrame, store: Path) -> str:
+    """The SHA-256 of the ledger's file that ``target`` names."""
+    known = set(ledger["sha256"])
+    if Path(target).is_file():
+        sha = hash_file(target).sha256
+        if sha not in known:
+            raise StoreError(f"{target}: no file with this content was ingested into store {store}")
+        return sha
+    prefix = target.lower()
+    if len(prefix) < MIN_HASH_PREFIX or any(c not in "0123456789abcdef" for c in prefix):
+        raise StoreError(
+            f"{target}: neither an existing file nor a SHA-256 prefix of {MIN_HASH_PREFIX}+ hex digits"
+        )
+    matches = sorted(s for s in known if s.startswith(prefix))
+    if len(matches) != 1:
+        found = "no file" if not matches else f"{len(matches)} files"
+        raise StoreError(f"{target}: {found} of store {store} with a SHA-256 starting so; give more digits")
+    return matches[0]
+
+
+def withdrawals(store: str | Path) -> list[Withdrawal]:
+    """Every withdrawal recorded in a store, by content hash."""
+    folder = Path(store) / WITHDRAWN_DIR
+    return [Withdrawal(**json.loads(f.read_text())) for f in sorted(folder.glob("*.json"))]

@@ -18,6 +18,7 @@ from lcstore.embargo import Cutoffs, eligible, parse_date
 from lcstore.ingest import EPOCHS, read_ledger
 from lcstore.manifest import read_units
 from lcstore.store import Store
+from lcstore.withdraw import withdrawals
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class ReleaseDiff:
     detections_newly_public: int  # exposures delivered then, but kept back by its cutoffs
     detections_reprocessed: int  # new versions of exposures the old release showed
     detections_superseded: int  # old versions those replaced
+    detections_withdrawn: int  # rows of files withdrawn since (lcstore withdraw)
+    detections_restored: int  # rows shown again: versions a withdrawn file had replaced
     objects_added: int
     objects_removed: int
 
@@ -47,6 +50,8 @@ class ReleaseDiff:
                 f"    + {self.detections_newly_public:,} newly public (embargo ended)",
                 f"    + {self.detections_reprocessed:,} reprocessed, replacing "
                 f"{self.detections_superseded:,} superseded",
+                f"    - {self.detections_withdrawn:,} of withdrawn files, "
+                f"+ {self.detections_restored:,} of the versions they had replaced",
                 f"  objects: + {self.objects_added:,} added, - {self.objects_removed:,} removed",
             ]
         )
@@ -81,16 +86,21 @@ def diff_releases(store: str, old: str, new: str) -> ReleaseDiff:
     was_embargoed = delivered.to_numpy() & ~eligible(
         added["programid"].to_numpy(), added["mjd"].to_numpy(), old_cut
     )
+    # Delivered and shown-able then, yet not shown: superseded by a file since withdrawn.
+    restored = delivered.to_numpy() & ~was_embargoed
+    withdrawn = gone["sha256"].isin({w.sha256 for w in withdrawals(st.path)}).to_numpy()
     old_ids, new_ids = _objectids(old_dir), _objectids(new_dir)
     return ReleaseDiff(
         old=old,
         new=new,
         detections_old=int(old_units["nrows"].sum()),
         detections_new=int(new_units["nrows"].sum()),
-        detections_new_data=int(added.loc[~reprocessed & ~was_embargoed, "nrows"].sum()),
+        detections_new_data=int(added.loc[~reprocessed & ~was_embargoed & ~restored, "nrows"].sum()),
         detections_newly_public=int(added.loc[~reprocessed & was_embargoed, "nrows"].sum()),
-        detections_reprocessed=int(added.loc[reprocessed, "nrows"].sum()),
-        detections_superseded=int(gone["nrows"].sum()),
+        detections_reprocessed=int(added.loc[reprocessed & ~restored, "nrows"].sum()),
+        detections_superseded=int(gone.loc[~withdrawn, "nrows"].sum()),
+        detections_withdrawn=int(gone.loc[withdrawn, "nrows"].sum()),
+        detections_restored=int(added.loc[restored, "nrows"].sum()),
         objects_added=len(np.setdiff1d(new_ids, old_ids)),
         objects_removed=len(np.setdiff1d(old_ids, new_ids)),
     )

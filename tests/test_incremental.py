@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lcstore
+from lcstore.diff import diff_releases
 from lcstore.embargo import Cutoffs, eligible, parse_date
 from lcstore.ingest import STAGING_SUFFIX
 from lcstore.margin import MARGIN_CATALOG
@@ -95,9 +96,15 @@ def test_a_withdrawn_file_leaves_the_next_release_as_if_never_delivered(tmp_path
     build(scratch / "epochs", scratch / "refs", scratch / "store", "DR2", **SMALL)
     assert_same_release(inc / "store", scratch / "store", "DR2")
     quadrant = pd.read_parquet(gone, columns=["expid", "ccdid", "qid"]).iloc[:1]
+    shown = {}
     for release, version in (("DR1", 2), ("DR2", 1)):
         rows = read(inc / "store", release, "detections").merge(quadrant)
         assert len(rows) and set(rows["procversion"]) == {version}
+        shown[release] = len(rows)
+    changes = diff_releases(str(inc / "store"), "DR1", "DR2")
+    assert (changes.detections_withdrawn, changes.detections_restored) == (shown["DR1"], shown["DR2"])
+    assert changes.detections_superseded == changes.detections_reprocessed == changes.detections_new_data == 0
+    assert changes.detections_new == changes.detections_old - shown["DR1"] + shown["DR2"]
 
 
 @pytest.mark.parametrize("history", sorted(HISTORIES))

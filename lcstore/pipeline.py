@@ -32,6 +32,7 @@ from hats.io import paths
 from hats.pixel_math import HealpixPixel
 
 from lcstore import schema
+from lcstore.allocator import KeepFreedMemory
 from lcstore.changes import cell_order, dirty_pixels, fingerprints, overlapping, partitions_to_rebuild
 from lcstore.embargo import Cutoffs, eligible
 from lcstore.errors import LcstoreError, ReleaseExistsError, StoreError, StrictBuildError
@@ -763,6 +764,8 @@ def _build_locked(
     config: BuildConfig, client: Client, store: Store, say: Callable[[str], None]
 ) -> BuildReport:
     report = BuildReport(release=config.release)
+    # Freed arrays stay in each worker's heap for its next task (see lcstore.allocator).
+    client.register_plugin(KeepFreedMemory())
     say(
         f"building release {config.release} in {store.path} on {len(client.scheduler_info()['workers'])} "
         f"worker(s); dashboard: {client.dashboard_link}"

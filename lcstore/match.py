@@ -166,9 +166,14 @@ class PixelMatch:
         self.pixel, self.params = pixel, params
         self.timer = timer or StepTimer()
         with self.timer.step("associate"):
-            assoc = associate_references(
-                refs["ra"].to_numpy(), refs["dec"].to_numpy(), catalog_rank(refs), params.radius_arcsec
-            )
+            self._associate(refs)
+        self._unmatched: list[pa.Table] = []
+
+    def _associate(self, refs: pd.DataFrame) -> None:
+        """The pixel's reference objects, their unit vectors and the refmap."""
+        assoc = associate_references(
+            refs["ra"].to_numpy(), refs["dec"].to_numpy(), catalog_rank(refs), self.params.radius_arcsec
+        )
         seeds = refs.iloc[assoc.seed]
         self.reference_objects = _objects(
             seeds["ra"].to_numpy(),
@@ -179,7 +184,6 @@ class PixelMatch:
         self.reference_objects[schema.OBJECTID] = _unique_ids(self.reference_objects["index29"].to_numpy())
         self._xyz = unit_vectors(self.reference_objects["ra"], self.reference_objects["dec"])
         self.refmap = self._refmap(refs, assoc.source_object)
-        self._unmatched: list[pa.Table] = []
 
     def _inside(self, index29: np.ndarray) -> np.ndarray:
         return pixel_of(index29, self.params.work_order) == self.pixel
@@ -204,12 +208,12 @@ class PixelMatch:
             The detections inside the pixel that matched a reference object, with their
             object's columns. The others wait for :meth:`finish`.
         """
-        xyz = unit_vectors(dets.column("ra").to_numpy(), dets.column("dec").to_numpy())
         with self.timer.step("match"):
+            xyz = unit_vectors(dets.column("ra").to_numpy(), dets.column("dec").to_numpy())
             obj, _ = nearest_within(xyz, self._xyz, self.params.radius_arcsec)
-        self._unmatched.append(dets.filter(pa.array(obj < 0)))
-        emit = (obj >= 0) & self._inside(dets.column(SPATIAL_INDEX_COLUMN).to_numpy())
-        return _with_objects(dets.filter(pa.array(emit)), self.reference_objects.iloc[obj[emit]])
+            self._unmatched.append(dets.filter(pa.array(obj < 0)))
+            emit = (obj >= 0) & self._inside(dets.column(SPATIAL_INDEX_COLUMN).to_numpy())
+            return _with_objects(dets.filter(pa.array(emit)), self.reference_objects.iloc[obj[emit]])
 
     def finish(self) -> tuple[pa.Table, pd.DataFrame]:
         """Cluster the detections that matched nothing, in time order, into
@@ -222,12 +226,15 @@ class PixelMatch:
         objects : pandas.DataFrame
             Every object (reference or detection-only) seeded inside the pixel.
         """
+        with self.timer.step("cluster"):
+            return self._cluster()
+
+    def _cluster(self) -> tuple[pa.Table, pd.DataFrame]:
         unmatched = pa.concat_tables(self._unmatched or [_empty_detections()], promote_options="permissive")
         self._unmatched = []
-        with self.timer.step("cluster"):
-            by_time = _time_order(unmatched)
-            xyz = unit_vectors(unmatched.column("ra").to_numpy(), unmatched.column("dec").to_numpy())
-            leader = leader_cluster(xyz[by_time], self.params.radius_arcsec)
+        by_time = _time_order(unmatched)
+        xyz = unit_vectors(unmatched.column("ra").to_numpy(), unmatched.column("dec").to_numpy())
+        leader = leader_cluster(xyz[by_time], self.params.radius_arcsec)
         # Objects in the time order of their seeds: independent of how rows were chunked.
         seed_ranks, cluster = np.unique(leader, return_inverse=True)
         seeds = by_time[seed_ranks]
@@ -343,14 +350,14 @@ def match_pixel(
     with timer.step("read"):
         files = staged_files(store, REFS, pixel, batches)
         refs_table = _read_staged(files, excluded_units)
-    refs = (
-        refs_table.to_pandas()
-        if refs_table is not None
-        else pd.DataFrame(
-            {c: pd.Series(dtype=t.to_pandas_dtype()) for c, t in schema.REF_COLUMNS.items()}
-            | {SPATIAL_INDEX_COLUMN: pd.Series(dtype=np.int64)}
+        refs = (
+            refs_table.to_pandas()
+            if refs_table is not None
+            else pd.DataFrame(
+                {c: pd.Series(dtype=t.to_pandas_dtype()) for c, t in schema.REF_COLUMNS.items()}
+                | {SPATIAL_INDEX_COLUMN: pd.Series(dtype=np.int64)}
+            )
         )
-    )
     matcher = PixelMatch(refs, pixel, params, timer)
     output = _Output(work_dir, pixel, params)
     files = staged_files(store, EPOCHS, pixel, batches)
@@ -374,7 +381,7 @@ def match_pixel(
         atomic_write_table(
             pa.Table.from_pandas(matcher.refmap, preserve_index=False), work / "refmap" / f"{pixel}.parquet"
         )
-    with timer.step("digest"):
+    with timer.step("summarise"):  # change digests and row histograms
         cells = cell_order(params.work_order)
         digests = {f"detections/{c}": _digest(*acc) for c, acc in output.sums.items()}
         digests |= {
@@ -382,16 +389,17 @@ def match_pixel(
             for c, acc in cell_sums(objects_table, OBJECT_DIGEST_COLUMNS, cells).items()
         }
         digests["refmap"] = file_digest(work / "refmap" / f"{pixel}.parquet")
-    det_idx = np.concatenate(output.index29) if output.index29 else np.zeros(0, dtype=np.int64)
-    obj_idx = objects[SPATIAL_INDEX_COLUMN].to_numpy()
+        det_idx = np.concatenate(output.index29) if output.index29 else np.zeros(0, dtype=np.int64)
+        detection_hist = histogram(det_idx, HISTOGRAM_ORDER)
+        object_hist = histogram(objects[SPATIAL_INDEX_COLUMN].to_numpy(), HISTOGRAM_ORDER)
     return PixelResult(
         pixel=pixel,
         detections=output.rows,
         matched=output.matched,
         objects=len(objects),
         detection_only=int((~objects[schema.HAS_REF]).sum()),
-        detection_hist=histogram(det_idx, HISTOGRAM_ORDER),
-        object_hist=histogram(obj_idx, HISTOGRAM_ORDER),
+        detection_hist=detection_hist,
+        object_hist=object_hist,
         output_digests=digests,
         seconds=timer.seconds,
     )

@@ -4,8 +4,9 @@ Next to its catalogs a release keeps:
 
 * ``state.json``: the build parameters' fingerprint salt, both partition lists, and the
   ledger batches delivered by then;
-* ``pixels.parquet``: for every work pixel, the fingerprint of its inputs, its counts and
-  the histograms of the rows it emitted (to plan partitions without re-reading them);
+* ``pixels.parquet``: for every work pixel, the fingerprint of its inputs, its counts,
+  the histograms of the rows it emitted (to plan partitions without re-reading them) and
+  the ZTF fields of its reference sources (the refmap files it feeds);
 * ``units.parquet``: the IDs of the ledger units it shows (for ``lcstore diff``).
 """
 
@@ -66,6 +67,7 @@ def write_state(folder: Path, state: ReleaseState) -> None:
             "obj_hist_pixels": [r.object_hist[0].tolist() for r in rows],
             "obj_hist_counts": [r.object_hist[1].tolist() for r in rows],
             "output_digests": [json.dumps(r.output_digests, sort_keys=True) for r in rows],
+            "refmap_fields": pa.array([list(r.refmap_fields or ()) for r in rows], pa.list_(pa.int64())),
         }
     )
     pq.write_table(table, folder / "pixels.parquet")
@@ -100,6 +102,7 @@ def read_state(folder: Path) -> ReleaseState | None:
             ),
             output_digests=json.loads(row["output_digests"]),
             seconds={},
+            refmap_fields=tuple(row["refmap_fields"]) if "refmap_fields" in row else None,
         )
         for row in table
     }

@@ -39,6 +39,7 @@ from lcstore.embargo import Cutoffs, eligible
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, runs, unit_vectors
 from lcstore.index import histogram
 from lcstore.ingest import EPOCHS, REFS, UNIT_COLUMN, read_staged_file, staged_files
+from lcstore.refmap import fields_of, sort_by_oid
 from lcstore.timing import StepTimer
 from lcstore.transients import leader_cluster
 from lcstore.write import SORTED_RUN_SUFFIX, atomic_write_table, write_sorted_run
@@ -57,8 +58,6 @@ CHUNK_BYTES = 16 << 20
 #: Most matched detections a pixel holds before writing them out (about 30 MB): fewer,
 #: larger files for the write step than one per staging file, in bounded memory.
 OUTPUT_PART_ROWS = 250_000
-
-REFMAP_COLUMNS = ["ztf_oid", "field", "ccdid", "qid", "filtercode", "refsid", "ra", "dec", "objectid"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +87,9 @@ class PixelResult:
     output_digests: dict[str, str]
     #: Seconds spent per step in this task.
     seconds: dict[str, float]
+    #: ZTF fields of the reference sources this pixel emitted (the refmap files it feeds);
+    #: None in the state of releases published before lcstore 0.4.
+    refmap_fields: tuple[int, ...] | None
 
 
 def _unique_ids(ids: np.ndarray) -> np.ndarray:
@@ -197,7 +199,7 @@ class PixelMatch:
         refmap[schema.OBJECTID] = ids[source_object[inside]]
         key = [refmap[c].to_numpy() for c in ("field", "filtercode", "ccdid", "qid", "refsid")]
         refmap.insert(0, "ztf_oid", schema.ztf_objectid(*key))
-        return refmap[REFMAP_COLUMNS]
+        return refmap[schema.REFMAP_SCHEMA.names]
 
     def match(self, dets: pa.Table) -> pa.Table:
         """Match a chunk of eligible detections of the pixel and its margin.
@@ -378,9 +380,8 @@ def match_pixel(
         output.flush()
         objects_table = pa.Table.from_pandas(objects, preserve_index=False)
         atomic_write_table(objects_table, work / "objects" / f"{pixel}.parquet")
-        atomic_write_table(
-            pa.Table.from_pandas(matcher.refmap, preserve_index=False), work / "refmap" / f"{pixel}.parquet"
-        )
+        refmap = pa.Table.from_pandas(matcher.refmap, schema=schema.REFMAP_SCHEMA, preserve_index=False)
+        atomic_write_table(sort_by_oid(refmap), work / "refmap" / f"{pixel}.parquet")
     with timer.step("summarise"):  # change digests and row histograms
         cells = cell_order(params.work_order)
         digests = {f"detections/{c}": _digest(*acc) for c, acc in output.sums.items()}
@@ -400,6 +401,7 @@ def match_pixel(
         detection_only=int((~objects[schema.HAS_REF]).sum()),
         detection_hist=detection_hist,
         object_hist=object_hist,
+        refmap_fields=fields_of(refmap.column("ztf_oid").to_numpy()),
         output_digests=digests,
         seconds=timer.seconds,
     )

@@ -18,8 +18,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from lcstore.allocator import KeepFreedMemory
 from lcstore.changes import cell_order, dirty_pixels, fingerprints, overlapping, partitions_to_rebuild
 from lcstore.embargo import Cutoffs, eligible
 from lcstore.errors import LcstoreError, ReleaseExistsError, StoreError, StrictBuildError
-from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, spatial_index
+from lcstore.healpix import SPATIAL_INDEX_COLUMN
 from lcstore.index import merge_histograms, plan_partitions
 from lcstore.ingest import (
     EPOCHS,
@@ -72,6 +71,7 @@ from lcstore.publish import (
     remove_stale_builds,
     remove_temporaries,
 )
+from lcstore.refmap import share_field, write_field, write_schema
 from lcstore.store import DEFAULT_WORK_ORDER, Store
 from lcstore.supersede import select_units
 from lcstore.timing import StepTimer, add_seconds
@@ -303,13 +303,16 @@ def _units_in_use(ledger: pd.DataFrame, selection, cutoffs: Cutoffs) -> pd.DataF
 
 
 def _previous_release(store: Store, config: BuildConfig, salt: str) -> ReleaseState | None:
-    """State of the latest release, if it was built with the same parameters."""
+    """State of the latest release, if it was built with the same parameters (and records
+    the refmap fields of its pixels: releases before lcstore 0.4 do not)."""
     try:
         folder = store.resolve(None)
     except LcstoreError:
         return None
     state = read_state(folder)
-    return state if state is not None and state.salt == salt else None
+    if state is None or state.salt != salt:
+        return None
+    return state if all(p.refmap_fields is not None for p in state.pixels.values()) else None
 
 
 def _run_match(
@@ -433,7 +436,7 @@ def _build(
     rebuild_obj = partitions_to_rebuild(obj_parts, prev_obj, changed_obj | changed_det, cell_order(order))
 
     # 4. Write: detections first, since object statistics are read from them.
-    with _stage(report, "write", say), ThreadPoolExecutor(1) as refmap_writer:
+    with _stage(report, "write", say):
         det_dir, obj_dir = build_dir / "detections", build_dir / "objects"
         prev_dir = store.release_dir(previous.name) if previous else None
 
@@ -444,9 +447,16 @@ def _build(
             )
 
         det_src, obj_src = sources("detections", prev_det), sources("objects", prev_obj)
-        # The refmap needs only the match output: the driver writes it while the workers
-        # write the partitions (on the driver, since it holds every reference source).
-        refmap = refmap_writer.submit(_write_refmap, build_dir, work_dir, prev_dir, set(results), order)
+        # The refmap needs only the match output: its fields go first, beside the largest
+        # detections partitions.
+        refmap_written = _submit_refmap(
+            client,
+            _refmap_fields(pixel_stats, results, dirty, previous),
+            results,
+            det_src,
+            build_dir,
+            priority=max(det_plan.values(), default=0),
+        )
         det_written = _submit_partitions(
             client,
             det_plan,
@@ -519,7 +529,7 @@ def _build(
             "dec",
             {"primary_catalog": f"{name}_objects", "margin_threshold": MARGIN_ARCSEC},
         )
-        refmap.result()
+        refmap_written.rows(report, say)
     report.detections = sum(det_rows.values())
     report.objects = sum(obj_rows.values())
     report.detection_only_objects = sum(s.detection_only for s in pixel_stats.values())
@@ -561,7 +571,7 @@ def _changed_cells(
     return changed["detections"], changed["objects"]
 
 
-def _timed(part: tuple[int, int], write: Callable[[tuple[int, int]], int], after: list) -> tuple[int, float]:
+def _timed(part: Hashable, write: Callable[[Hashable], int], after: list) -> tuple[int, float]:
     """``write(part)`` and its seconds; ``after`` holds the results of the tasks it waits for."""
     start = time.perf_counter()
     rows = write(part)
@@ -570,13 +580,14 @@ def _timed(part: tuple[int, int], write: Callable[[tuple[int, int]], int], after
 
 @dataclass
 class _PartitionWrites:
-    """The partitions of one catalog being written: tasks for the rebuilt, rows of the shared."""
+    """The partitions of one catalog (or the refmap's fields) being written: tasks for the
+    rebuilt, rows of the shared."""
 
     catalog: str
-    tasks: dict[tuple[int, int], Future]
-    shared: dict[tuple[int, int], int]
+    tasks: dict[Hashable, Future]
+    shared: dict[Hashable, int]
 
-    def rows(self, report: BuildReport, say: Callable[[str], None]) -> dict[tuple[int, int], int]:
+    def rows(self, report: BuildReport, say: Callable[[str], None]) -> dict[Hashable, int]:
         """Wait for the writes; every partition's rows. Adds the task seconds to ``report``."""
         written = gather(list(self.tasks.values()), f"{self.catalog} partitions written", say)
         timed = dict(zip(self.tasks, written, strict=True))
@@ -663,17 +674,53 @@ def _submit_margins(
     )
 
 
-def _write_refmap(
-    build_dir: Path, work_dir: Path, prev_dir: Path | None, matched: set[int], order: int
-) -> None:
-    """The release's reference-source map: new pieces for matched pixels, the rest kept."""
-    tables = [pq.read_table(work_dir / "refmap" / f"{p}.parquet") for p in sorted(matched)]
-    if prev_dir is not None:
-        old = pq.read_table(prev_dir / "refmap.parquet")
-        pixel = pixel_of(spatial_index(old.column("ra").to_numpy(), old.column("dec").to_numpy()), order)
-        tables.append(old.filter(pa.array(~np.isin(pixel, list(matched)))))
-    refmap = pa.concat_tables(tables, promote_options="permissive").sort_by("ztf_oid")
-    pq.write_table(refmap, build_dir / "refmap.parquet")
+def _refmap_fields(
+    pixel_stats: dict[int, PixelResult],
+    results: dict[int, PixelResult],
+    dirty: set[int],
+    previous: ReleaseState | None,
+) -> tuple[set[int], set[int]]:
+    """The ZTF fields of the release's refmap, and those to write anew: every field of a
+    rematched pixel whose reference sources came out differently than last time."""
+    fields = set().union(*(s.refmap_fields for s in pixel_stats.values()))
+    if previous is None:
+        return fields, fields
+    rebuild: set[int] = set()
+    for pixel in dirty:
+        new, old = results.get(pixel), previous.pixels.get(pixel)
+        if new is None or old is None or new.output_digests.get("refmap") != old.output_digests.get("refmap"):
+            rebuild.update(*(r.refmap_fields for r in (new, old) if r is not None))
+    return fields, rebuild
+
+
+def _submit_refmap(
+    client: Client,
+    fields: tuple[set[int], set[int]],
+    results: dict[int, PixelResult],
+    sources: PartitionSources,
+    build_dir: Path,
+    priority: int,
+) -> _PartitionWrites:
+    """Submit the refmap file of each field of ``fields[1]`` (written from this build's
+    pieces and the previous release's rows of the other pixels); hard-link the others."""
+    every, rebuild = fields
+    previous = str(Path(sources.previous_dir).parent) if sources.previous_dir else None
+    write_schema(schema.REFMAP_SCHEMA, build_dir)
+    shared = {f: share_field(previous, str(build_dir), f) for f in every - rebuild}
+    tasks = {}
+    for f in sorted(rebuild):
+        holding = [p for p, r in results.items() if f in r.refmap_fields]
+        pieces = [str(Path(sources.work_dir) / "refmap" / f"{p}.parquet") for p in holding]
+        write = functools.partial(
+            write_field,
+            pieces=pieces,
+            previous_release=previous,
+            rematched=sources.rematched,
+            work_order=sources.work_order,
+            release_dir=str(build_dir),
+        )
+        tasks[f] = client.submit(_timed, f, write=write, after=[], priority=priority, pure=False)
+    return _PartitionWrites("refmap", tasks, shared)
 
 
 def _strict_message(release: str, what: str, details: list[str]) -> str:

@@ -44,7 +44,7 @@ from astropy.coordinates import Latitude, Longitude
 from duckdb import DuckDBPyConnection
 from hats.io import paths as hats_paths
 
-from lcstore import schema
+from lcstore import refmap, schema
 from lcstore.errors import DamagedFileError, LcstoreError, QueryError, StoreError
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, SPATIAL_INDEX_ORDER, index_range, pixel_ranges, unit_vectors
 from lcstore.store import Store
@@ -428,8 +428,9 @@ class Release:
         return _Catalog(self.path / "objects")
 
     @functools.cached_property
-    def _refmap(self) -> LeafFile:
-        return LeafFile(self.path / "refmap.parquet")
+    def _refmap_leaves(self) -> dict[Path, LeafFile]:
+        """The refmap files opened so far (one per ZTF field looked up)."""
+        return {}
 
     # --- spatial queries ---
 
@@ -591,7 +592,12 @@ class Release:
         # valid order-29 index, of a tiny patch of sky; the refmap decides which it is.
         if _looks_like_ztf_oid(objectid):
             at = np.array([objectid], dtype=np.int64)
-            table, _ = self._refmap.read(_ZTF_OID, at, at + 1, [_ZTF_OID, schema.OBJECTID])
+            path = refmap.file_for_oid(self.path, objectid)
+            if not path.is_file():  # no reference source of that field
+                return objectid
+            if path not in self._refmap_leaves:
+                self._refmap_leaves[path] = LeafFile(path)
+            table, _ = self._refmap_leaves[path].read(_ZTF_OID, at, at + 1, [_ZTF_OID, schema.OBJECTID])
             if table is not None:
                 found = table.filter(pc.equal(table[_ZTF_OID], objectid))
                 if found.num_rows:
@@ -690,7 +696,7 @@ class Release:
         con = duckdb.connect()
         # Keep Parquet footers between queries: a release's files never change.
         con.execute("SET enable_object_cache = true")
-        sources = {"refmap": self.path / "refmap.parquet"}
+        sources = {"refmap": refmap.sql_source(self.path)}
         for view in ("objects", "detections"):
             dataset = self.path / view / "dataset"
             # An empty catalog has no leaf file to glob, only its schema in _common_metadata.

@@ -60,6 +60,15 @@ REF_COLUMNS: dict[str, pa.DataType] = {
     "refmag": pa.float32(),
 }
 
+#: A release's refmap: each reference source, its ZTF data-release ID and its object.
+REFMAP_SCHEMA = pa.schema(
+    [
+        ("ztf_oid", pa.int64()),
+        *((c, REF_COLUMNS[c]) for c in ("field", "ccdid", "qid", "filtercode", "refsid", "ra", "dec")),
+        ("objectid", pa.int64()),
+    ]
+)
+
 #: The columns that identify one reference catalog.
 REF_CATALOG_KEY: tuple[str, ...] = ("field", "ccdid", "qid", "filtercode")
 

@@ -8,7 +8,7 @@ Layout::
         release.json                 what the release is: cutoffs, parameters, counts
         objects/                     HATS catalog, one row per object
         detections/                  HATS catalog, one row per detection
-        refmap.parquet               reference source -> objectid (ZTF-style IDs)
+        refmap/                      reference source -> objectid (ZTF-style IDs), per field
     STORE/LATEST                     name of the latest release
     STORE/tmp/                       builds in progress
 """

@@ -15,8 +15,8 @@ the findings it reports:
 * ``duplicates``: no detection key (expid, ccdid, qid, sourceid, procversion) repeats.
 * ``partitioning``: every row lies in the sky area of the partition file that holds it.
 * ``objects``: every detection's object exists, objectids are unique, each object's
-  ``nobs`` is its number of detections, and the objects' ``nrefs`` add up to the refmap's
-  reference sources.
+  ``nobs`` is its number of detections, the objects' ``nrefs`` add up to the refmap's
+  reference sources, and each refmap file holds the ZTF oids of its own field only.
 
 Data are read column-wise, one partition file at a time. A detection sits at its
 object's position (both carry the object's ``_healpix_29``), so each objects partition
@@ -48,6 +48,7 @@ from lcstore.embargo import Cutoffs, eligible, parse_date
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, index_range
 from lcstore.ingest import EPOCHS, REFS, hash_file, read_ledger
 from lcstore.margin import MARGIN_CATALOG
+from lcstore.refmap import LEGACY_REFMAP, OID_FIELD_FACTOR, refmap_files
 from lcstore.store import Store
 
 #: Name of the checksum listing in a release directory.
@@ -58,7 +59,7 @@ CHECKSUMS_FILE = "checksums.json"
 _SCRATCH_DIR = "work"
 
 CATALOGS = ("objects", "detections")
-_REFMAP = "refmap.parquet"
+_REFMAP = "refmap"
 
 #: The detection key, as the release stores it: one detection in one processing version.
 DETECTION_KEY = [*schema.DETECTION_KEY, "procversion"]
@@ -536,18 +537,32 @@ def _check_counts(
 
 
 def _check_refmap(folder: Path, parts: _Partitions, report: VerifyReport) -> None:
-    """Every reference source in the refmap was absorbed by an object (its ``nrefs``)."""
-    try:
-        report.refmap_rows = pq.ParquetFile(folder / _REFMAP).metadata.num_rows
-    except (OSError, pa.ArrowException) as err:
-        parts.unreadable.add(_REFMAP)
-        report.findings.append(Finding("readable", f"cannot read Parquet: {err}", _REFMAP))
-        return
-    if any(rel.startswith("objects/") for rel in parts.unreadable):
-        return  # objects lost are reported already; their nrefs are unknown
+    """Every reference source in the refmap was absorbed by an object (its ``nrefs``), and
+    each field's file holds the oids of that field only (a lookup reads no other)."""
+    report.refmap_rows = 0
+    for path in refmap_files(folder):
+        rel = path.relative_to(folder).as_posix()
+        try:
+            metadata = pq.ParquetFile(path).metadata
+        except (OSError, pa.ArrowException) as err:
+            parts.unreadable.add(_REFMAP)
+            report.findings.append(Finding("readable", f"cannot read Parquet: {err}", rel))
+            continue
+        report.refmap_rows += metadata.num_rows
+        if path.name == LEGACY_REFMAP or not metadata.num_rows:
+            continue
+        field = int(path.stem.removeprefix("field-"))
+        j = metadata.schema.names.index("ztf_oid")
+        stats = [metadata.row_group(g).column(j).statistics for g in range(metadata.num_row_groups)]
+        lo, hi = field * OID_FIELD_FACTOR, (field + 1) * OID_FIELD_FACTOR
+        if not all(st is not None and st.has_min_max and lo <= st.min and st.max < hi for st in stats):
+            message = f"holds ztf_oid values outside field {field} ({lo:,} <= oid < {hi:,})"
+            report.findings.append(Finding("objects", message, rel))
+    if _REFMAP in parts.unreadable or any(rel.startswith("objects/") for rel in parts.unreadable):
+        return  # files lost are reported already; the objects' nrefs or the refmap's rows are unknown
     if parts.object_refs != report.refmap_rows:
         message = (
-            f"the objects' nrefs add up to {parts.object_refs:,} reference sources, but refmap.parquet "
+            f"the objects' nrefs add up to {parts.object_refs:,} reference sources, but the refmap "
             f"maps {report.refmap_rows:,}: objects are missing or nrefs is wrong"
         )
         report.findings.append(Finding("objects", message, _REFMAP))

@@ -13,8 +13,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _faults_while_churning(times: int = 10, nbytes: int = 8 << 20) -> int:
-    """Page faults taken by allocating, touching and freeing ``times`` blocks of ``nbytes``."""
+def _faults_while_churning(times: int = 100, nbytes: int = 1 << 20) -> int:
+    """Page faults taken by allocating, touching and freeing ``times`` blocks of ``nbytes``
+    (below the 4 MB from which numpy asks for huge pages, which would hide the faults)."""
     import resource
 
     import numpy as np

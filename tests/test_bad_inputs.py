@@ -481,7 +481,7 @@ def test_broken_files_are_quarantined_and_everything_good_is_released(
     assert len(seeing) == len(passed)
     assert set(seeing["expid"]) == set(passed["expid"])
     # The real reference catalogs and matchfile sources are in the refmap.
-    refmap = pd.read_parquet(store / "releases" / "DR2" / "refmap.parquet")
+    refmap = pd.read_parquet(store / "releases" / "DR2" / "refmap")
     fields = (refmap["ztf_oid"] // 10**12).value_counts()
     assert fields[202] == 18_833 and fields[633] == 38_261
     assert fields[245] == fields[269] == 10

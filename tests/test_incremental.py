@@ -30,6 +30,7 @@ from lcstore.ingest import STAGING_SUFFIX
 from lcstore.margin import MARGIN_CATALOG
 from lcstore.simulate import PRESETS, SurveySpec, load_truth, simulate
 from lcstore.store import FORMAT_VERSION
+from lcstore.verify import verify_release, write_checksums
 from lcstore.withdraw import withdraw
 from lcstore.write import read_arrow
 
@@ -57,10 +58,25 @@ def deliver(survey_dir: Path, target: Path, keep) -> None:
             shutil.copy(src, dst)
 
 
+def read_refmap(store: Path, release: str) -> pd.DataFrame:
+    refmap = pd.read_parquet(store / "releases" / release / "refmap")
+    return refmap.sort_values("ztf_oid").reset_index(drop=True)
+
+
 def assert_same_release(a: Path, b: Path, release: str) -> None:
     for catalog in ("detections", "objects", MARGIN_CATALOG):
         left, right = read(a, release, catalog), read(b, release, catalog)
         pd.testing.assert_frame_equal(left, right, check_like=False)
+    pd.testing.assert_frame_equal(read_refmap(a, release), read_refmap(b, release))
+
+
+def refmap_links(store: Path, earlier: str, later: str) -> tuple[int, int]:
+    """How many of release ``later``'s refmap files are hard links to ``earlier``'s, and
+    how many were written anew."""
+    old, new = (store / "releases" / name / "refmap" for name in (earlier, later))
+    files = list(new.glob("field-*.parquet"))
+    linked = sum((old / f.name).exists() and os.stat(f).st_ino == os.stat(old / f.name).st_ino for f in files)
+    return linked, len(files) - linked
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +151,9 @@ def test_new_reference_catalogs_add_objects(tmp_path, build, survey):
     build(inc / "epochs", inc / "refs", inc / "store", "DR2", **SMALL)
     build(survey / "epochs", survey / "refs", scratch / "store", "DR2", **SMALL)
     assert_same_release(inc / "store", scratch / "store", "DR2")
+    # Every field gained reference catalogs: its refmap file is written anew.
+    fields = read_refmap(inc / "store", "DR2")["field"].nunique()
+    assert refmap_links(inc / "store", "DR1", "DR2") == (0, fields)
     dr2 = read(inc / "store", "DR2", "objects")
     assert dr2["has_ref"].sum() >= read(inc / "store", "DR1", "objects")["has_ref"].sum()
     assert n1 > 0
@@ -204,6 +223,8 @@ def test_partition_split_and_unchanged_partitions_are_shared(tmp_path, build):
             assert f.read_bytes() == twin.read_bytes()
             shared += 1
     assert shared > 0
+    # No reference catalog changed: every refmap file is DR1's (two fields, two files).
+    assert refmap_links(inc / "store", "DR1", "DR2") == (2, 0)
     parts1 = {p.relative_to(dr1) for p in (dr1 / "detections" / "dataset").rglob("Npix=*")}
     parts2 = {p.relative_to(dr2) for p in (dr2 / "detections" / "dataset").rglob("Npix=*")}
     assert len(parts2 - parts1) > 0  # the second patch split into new partitions
@@ -283,5 +304,39 @@ def test_format_2_store_is_upgraded_and_its_parquet_staging_still_read(tmp_path,
     assert json.loads((inc / "store" / "store.json").read_text())["format_version"] == FORMAT_VERSION
     staged = {p.suffix for p in (inc / "store" / "staging").rglob("*.*")}
     assert staged == {".parquet", STAGING_SUFFIX}  # DR1's batches as 0.2 left them, DR2's new
+    build(survey / "epochs", survey / "refs", scratch / "store", "DR2", **SMALL)
+    assert_same_release(inc / "store", scratch / "store", "DR2")
+
+
+def as_legacy_refmap(release: Path) -> None:
+    """Turn a release into one lcstore 0.3 published: a single refmap.parquet sorted by
+    ztf_oid, and no refmap fields in its build state."""
+    refmap = pd.read_parquet(release / "refmap").sort_values("ztf_oid")
+    shutil.rmtree(release / "refmap")
+    refmap.to_parquet(release / "refmap.parquet", index=False)
+    pixels = pq.read_table(release / "pixels.parquet")
+    pq.write_table(pixels.drop_columns(["refmap_fields"]), release / "pixels.parquet")
+    write_checksums(release)
+
+
+def test_release_with_a_single_refmap_file_is_read_and_built_on(tmp_path, build, survey):
+    """Releases of lcstore 0.3 keep one refmap.parquet: they are still read, looked up by
+    ZTF oid and verified, and the next build writes the refmap by field, from scratch."""
+    inc, scratch = tmp_path / "inc", tmp_path / "scratch"
+    deliver(survey, inc, HISTORIES["new-epochs"][0])
+    shutil.copytree(survey / "refs", inc / "refs")
+    build(inc / "epochs", inc / "refs", inc / "store", "DR1", **SMALL)
+    dr1 = inc / "store" / "releases" / "DR1"
+    as_legacy_refmap(dr1)
+    release = lcstore.open(inc / "store", "DR1")
+    refmap = pd.read_parquet(dr1 / "refmap.parquet")
+    row = refmap.iloc[len(refmap) // 2]
+    assert release.object(int(row["ztf_oid"]))["objectid"] == row["objectid"]
+    assert release.sql("SELECT count(*) AS n FROM refmap")["n"].iloc[0] == len(refmap)
+    assert verify_release(inc / "store", "DR1").ok
+    deliver(survey, inc, lambda rel, mjd: True)
+    report = build(inc / "epochs", inc / "refs", inc / "store", "DR2", **SMALL)
+    assert report.base_release is None  # its pixels do not say which fields they feed
+    assert not (inc / "store" / "releases" / "DR2" / "refmap.parquet").exists()
     build(survey / "epochs", survey / "refs", scratch / "store", "DR2", **SMALL)
     assert_same_release(inc / "store", scratch / "store", "DR2")

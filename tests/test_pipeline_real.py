@@ -18,7 +18,7 @@ def test_matchfiles_reproduce_ipac_matchid(tmp_path, shared_data_dir, build):
     assert report.quarantined == []
     release = tmp_path / "store" / "releases" / "DR1"
     dets = pds.dataset(release / "detections" / "dataset", format="parquet").to_table().to_pandas()
-    refmap = pd.read_parquet(release / "refmap.parquet")
+    refmap = pd.read_parquet(release / "refmap")
     # Every real detection is in the release, once.
     assert len(dets) == 336 + 101
     assert not dets.duplicated(["expid", "ccdid", "qid", "sourceid"]).any()

@@ -221,7 +221,7 @@ def test_lightcurve_equals_brute_force(request, which, detections, objects):
 
 
 def test_lightcurve_and_object_by_ztf_oid(release):
-    refmap = pd.read_parquet(release.path / "refmap.parquet")
+    refmap = pd.read_parquet(release.path / "refmap")
     row = refmap.iloc[len(refmap) // 3]
     by_ztf = release.lightcurve(int(row["ztf_oid"]))
     assert len(by_ztf) > 0
@@ -285,7 +285,7 @@ def test_sql_views(release, detections, objects):
         "SELECT (SELECT count(*) FROM objects) AS o, (SELECT count(*) FROM detections) AS d, "
         "(SELECT count(*) FROM refmap) AS r"
     )
-    refmap = pd.read_parquet(release.path / "refmap.parquet")
+    refmap = pd.read_parquet(release.path / "refmap")
     assert counts.iloc[0].tolist() == [len(objects), len(detections), len(refmap)]
     # Every object's nobs is its number of detections, and every refmap row names an object.
     mismatched = release.sql(
@@ -389,3 +389,11 @@ def test_sql_is_read_only_and_confined_to_the_release(release, query, message):
 def test_release_names_cannot_escape_the_store(query_store, name):
     with pytest.raises(LcstoreError, match="invalid release name"):
         lcstore.open(query_store, release=name)
+
+
+def test_ztf_oid_of_a_field_without_reference_sources_is_an_unknown_object(release):
+    oid = 999 * 10**12 + 1 * 10**11 + 1 * 10**9 + 1 * 10**8 + 5  # field 999: not in the survey
+    assert not (release.path / "refmap" / "field-000999.parquet").exists()
+    assert release.lightcurve(oid).empty
+    with pytest.raises(ObjectNotFoundError, match=f"no object {oid}"):
+        release.object(oid)

@@ -276,7 +276,7 @@ def read_release(store: Path, name: str) -> dict[str, pd.DataFrame]:
         frame = pds.dataset(folder, format="parquet", schema=common).to_table().to_pandas()
         out[catalog] = frame.sort_values(order).reset_index(drop=True)
         out[f"{catalog} partitions"] = pd.read_csv(root / catalog / "partition_info.csv")
-    out["refmap"] = pd.read_parquet(root / "refmap.parquet").sort_values("ztf_oid").reset_index(drop=True)
+    out["refmap"] = pd.read_parquet(root / "refmap").sort_values("ztf_oid").reset_index(drop=True)
     return out
 
 

@@ -93,7 +93,8 @@ def test_clean_release_verifies_ok(tmp_path, build, tiny_survey):
     assert report.detection_partitions == len(partitions(release, "detections")) > 1
     listed = read_checksums(release)
     assert report.files == len(listed) and CHECKSUMS_FILE not in listed
-    assert {"release.json", "state.json", "units.parquet", "refmap.parquet"} <= set(listed)
+    assert {"release.json", "state.json", "units.parquet", "refmap/_common_metadata"} <= set(listed)
+    assert any(f.startswith("refmap/field-") for f in listed)
     assert "ok" in report.summary().splitlines()[0]
 
 
@@ -259,8 +260,8 @@ def test_deleted_object_row_leaves_its_detections_orphaned(tmp_path, build, tiny
     assert f"{nobs[gone]} detection(s) of 1 objectid(s)" in orphans.message
     assert str(objectid) in orphans.message and rel(release, target) in orphans.message
     # Its reference sources are now absorbed by no object.
-    [refs] = [f for f in found(report, "objects") if f.file == "refmap.parquet"]
-    refmap_rows = pq.ParquetFile(release / "refmap.parquet").metadata.num_rows
+    [refs] = [f for f in found(report, "objects") if f.file == "refmap"]
+    refmap_rows = sum(pq.read_metadata(f).num_rows for f in (release / "refmap").glob("field-*.parquet"))
     assert f"add up to {refmap_rows - nrefs[gone]:,} reference sources" in refs.message
     assert not found(report, "counts") and not found(report, "checksums")
 
@@ -322,3 +323,17 @@ def test_in_ranges_matches_brute_force(values, spans):
     index = np.array(values, dtype=np.int64)
     want = [any(lo <= v < hi for lo, hi in ranges) for v in values]
     assert in_ranges(index, ranges).tolist() == want
+
+
+def test_refmap_row_in_another_fields_file_is_found(tmp_path, build, tiny_survey):
+    release = build_one(tmp_path, build, tiny_survey)
+    target = sorted((release / "refmap").glob("field-*.parquet"))[0]
+    table = pq.read_table(target)
+    oids = table.column("ztf_oid").to_numpy().copy()
+    oids[-1] += 10**12  # the same source under the next field's number: lookups would miss it
+    replace_table(target, table.set_column(0, "ztf_oid", pa.array(oids)))
+    refresh_checksum(release, target)
+    report = verify_release(tmp_path / "store", "DR1")
+    [finding] = found(report, "objects")
+    assert finding.file == rel(release, target)
+    assert "outside field" in finding.message

@@ -1,10 +1,19 @@
-"""Partition planning and margins."""
+"""Partition planning, margins and unit vectors."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcstore.healpix import index_range, margin_pixels, margin_rows, neighbour_pixels, pixel_of, spatial_index
+from lcstore.healpix import (
+    index_range,
+    margin_pixels,
+    margin_rows,
+    neighbour_pixels,
+    pixel_of,
+    spatial_index,
+    unit_vectors,
+)
 from lcstore.index import (
     histogram,
     index_range_of_partitions,
@@ -91,3 +100,26 @@ def test_margin_rows_are_the_rows_in_each_neighbours_band(lon, lat, order, margi
         expected = np.flatnonzero(np.isin(pixel_of(idx, fine), band))
         assert rows.get(int(nbr), np.zeros(0, dtype=np.int64)).tolist() == expected.tolist()
     assert set(rows) <= {int(n) for n in neighbour_pixels(order, pixel)}
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(-720, 720, allow_nan=False), st.floats(-90, 90, allow_nan=False)),
+        min_size=0,
+        max_size=50,
+    )
+)
+def test_unit_vectors_are_the_spherical_formula(positions):
+    ra, dec = np.array(positions, dtype=np.float64).reshape(-1, 2).T
+    xyz = unit_vectors(ra, dec)
+    r, d = np.radians(ra), np.radians(dec)
+    want = np.column_stack([np.cos(d) * np.cos(r), np.cos(d) * np.sin(r), np.sin(d)])
+    assert xyz.shape == (len(ra), 3)
+    np.testing.assert_allclose(xyz, want, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(np.linalg.norm(xyz, axis=1), 1.0, rtol=0, atol=1e-15)
+
+
+def test_unit_vectors_refuse_mismatched_inputs():
+    with pytest.raises(ValueError, match="one length"):
+        unit_vectors(np.zeros(3), np.zeros(2))

@@ -45,6 +45,7 @@ from lcstore.ingest import (
     Quarantined,
     discover,
     file_signature,
+    hash_file,
     hash_files,
     read_ledger,
     remove_uncommitted,
@@ -71,7 +72,7 @@ from lcstore.publish import (
     remove_stale_builds,
     remove_temporaries,
 )
-from lcstore.refmap import share_field, write_field, write_schema
+from lcstore.refmap import field_file, share_field, write_field, write_schema
 from lcstore.store import DEFAULT_WORK_ORDER, Store
 from lcstore.supersede import select_units
 from lcstore.timing import StepTimer, add_seconds
@@ -376,8 +377,10 @@ def _build(
     build_dir: Path,
     report: BuildReport,
     say: Callable[[str], None],
-) -> ReleaseState:
-    """Match what changed, then write every partition: rebuilt, or shared with the last release."""
+) -> tuple[ReleaseState, dict[str, tuple[int, str]]]:
+    """Match what changed, then write every partition: rebuilt, or shared with the last
+    release. Returns the release's state, and the size and SHA-256 of each file written
+    (by absolute path)."""
     order = store.work_order
     work_dir = build_dir / "work"
     ledger = read_ledger(store.path)
@@ -436,6 +439,7 @@ def _build(
     rebuild_obj = partitions_to_rebuild(obj_parts, prev_obj, changed_obj | changed_det, cell_order(order))
 
     # 4. Write: detections first, since object statistics are read from them.
+    hashes: dict[str, tuple[int, str]] = {}
     with _stage(report, "write", say):
         det_dir, obj_dir = build_dir / "detections", build_dir / "objects"
         prev_dir = store.release_dir(previous.name) if previous else None
@@ -502,7 +506,7 @@ def _build(
             pieces_dir,
         )
         name = config.release
-        det_rows = det_written.rows(report, say)
+        det_rows = det_written.rows(report, say, hashes)
         finalize_catalog(
             str(det_dir),
             target,
@@ -513,11 +517,11 @@ def _build(
             schema.OBJECT_RA,
             schema.OBJECT_DEC,
         )
-        obj_rows = obj_written.rows(report, say)
+        obj_rows = obj_written.rows(report, say, hashes)
         finalize_catalog(
             str(obj_dir), None, f"{name}_objects", "object", obj_parts, sum(obj_rows.values()), "ra", "dec"
         )
-        margin_rows = {part: n for part, n in margin_written.rows(report, say).items() if n}
+        margin_rows = {part: n for part, n in margin_written.rows(report, say, hashes).items() if n}
         finalize_catalog(
             str(build_dir / MARGIN_CATALOG),
             pq.read_schema(obj_dir / "dataset" / "_common_metadata"),
@@ -529,7 +533,7 @@ def _build(
             "dec",
             {"primary_catalog": f"{name}_objects", "margin_threshold": MARGIN_ARCSEC},
         )
-        refmap_written.rows(report, say)
+        refmap_written.rows(report, say, hashes)
     report.detections = sum(det_rows.values())
     report.objects = sum(obj_rows.values())
     report.detection_only_objects = sum(s.detection_only for s in pixel_stats.values())
@@ -537,7 +541,7 @@ def _build(
     report.object_partitions = len(obj_parts)
     report.partitions_rebuilt = len(rebuild_det) + len(rebuild_obj)
     report.partitions_shared = len(det_parts) + len(obj_parts) - report.partitions_rebuilt
-    return ReleaseState(
+    state = ReleaseState(
         name=config.release,
         salt=salt,
         fingerprints=prints,
@@ -548,6 +552,7 @@ def _build(
         units=np.sort(units["unit"].to_numpy(dtype=np.int64)),
         batches=sorted(set(ledger["batch"])),
     )
+    return state, hashes
 
 
 def _plan(pixel_stats: dict[int, PixelResult], hist: str, max_rows: int) -> dict[tuple[int, int], int]:
@@ -571,11 +576,28 @@ def _changed_cells(
     return changed["detections"], changed["objects"]
 
 
-def _timed(part: Hashable, write: Callable[[Hashable], int], after: list) -> tuple[int, float]:
-    """``write(part)`` and its seconds; ``after`` holds the results of the tasks it waits for."""
+@dataclass(frozen=True)
+class _Written:
+    """What a partition task reports: rows, seconds, and the size and SHA-256 of the file
+    it wrote (hashed by the task while the file is fresh, so that the driver does not read
+    every new byte of the release again for its checksum listing)."""
+
+    rows: int
+    seconds: float
+    size: int | None
+    sha256: str | None
+
+
+def _timed(part: Hashable, write: Callable[[Hashable], int], after: list, path: str) -> _Written:
+    """``write(part)``, which writes the file ``path`` (or none, for no rows); ``after``
+    holds the results of the tasks it waits for."""
     start = time.perf_counter()
     rows = write(part)
-    return rows, time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if not os.path.exists(path):
+        return _Written(rows, seconds, None, None)
+    hashed = hash_file(path)
+    return _Written(rows, seconds, hashed.size, hashed.sha256)
 
 
 @dataclass
@@ -586,13 +608,18 @@ class _PartitionWrites:
     catalog: str
     tasks: dict[Hashable, Future]
     shared: dict[Hashable, int]
+    paths: dict[Hashable, str] = field(default_factory=dict)
 
-    def rows(self, report: BuildReport, say: Callable[[str], None]) -> dict[Hashable, int]:
-        """Wait for the writes; every partition's rows. Adds the task seconds to ``report``."""
-        written = gather(list(self.tasks.values()), f"{self.catalog} partitions written", say)
-        timed = dict(zip(self.tasks, written, strict=True))
-        add_seconds(report.task_seconds, {f"write {self.catalog}": sum(secs for _, secs in timed.values())})
-        return {**self.shared, **{part: n for part, (n, _) in timed.items()}}
+    def rows(
+        self, report: BuildReport, say: Callable[[str], None], hashes: dict[str, tuple[int, str]]
+    ) -> dict[Hashable, int]:
+        """Wait for the writes; every partition's rows. Adds the task seconds to ``report``
+        and the written files' sizes and hashes to ``hashes`` (by absolute path)."""
+        written: list[_Written] = gather(list(self.tasks.values()), f"{self.catalog} partitions written", say)
+        done = dict(zip(self.tasks, written, strict=True))
+        add_seconds(report.task_seconds, {f"write {self.catalog}": sum(w.seconds for w in done.values())})
+        hashes |= {self.paths[p]: (w.size, w.sha256) for p, w in done.items() if w.sha256 is not None}
+        return {**self.shared, **{part: w.rows for part, w in done.items()}}
 
 
 def _submit_partitions(
@@ -612,13 +639,15 @@ def _submit_partitions(
         for part in parts
         if part not in rebuild
     }
+    paths_of = {
+        p: str(paths.pixel_catalog_file(catalog_dir, HealpixPixel(*p))) for p in parts if p in rebuild
+    }
     # The largest partitions first, so that no worker is left with a big one at the end.
     tasks = {
-        p: client.submit(_timed, p, write=write, after=after(p), priority=parts[p], pure=False)
-        for p in parts
-        if p in rebuild
+        p: client.submit(_timed, p, write=write, after=after(p), path=path, priority=parts[p], pure=False)
+        for p, path in paths_of.items()
     }
-    return _PartitionWrites(catalog, tasks, shared)
+    return _PartitionWrites(catalog, tasks, shared, paths_of)
 
 
 def _objects_and_margin_pieces(
@@ -707,7 +736,7 @@ def _submit_refmap(
     previous = str(Path(sources.previous_dir).parent) if sources.previous_dir else None
     write_schema(schema.REFMAP_SCHEMA, build_dir)
     shared = {f: share_field(previous, str(build_dir), f) for f in every - rebuild}
-    tasks = {}
+    tasks, paths_of = {}, {}
     for f in sorted(rebuild):
         holding = [p for p, r in results.items() if f in r.refmap_fields]
         pieces = [str(Path(sources.work_dir) / "refmap" / f"{p}.parquet") for p in holding]
@@ -719,8 +748,10 @@ def _submit_refmap(
             work_order=sources.work_order,
             release_dir=str(build_dir),
         )
-        tasks[f] = client.submit(_timed, f, write=write, after=[], priority=priority, pure=False)
-    return _PartitionWrites("refmap", tasks, shared)
+        path = str(field_file(build_dir, f))
+        tasks[f] = client.submit(_timed, f, write=write, after=[], path=path, priority=priority, pure=False)
+        paths_of[f] = path
+    return _PartitionWrites("refmap", tasks, shared, paths_of)
 
 
 def _strict_message(release: str, what: str, details: list[str]) -> str:
@@ -828,7 +859,7 @@ def _build_locked(
         if config.strict and report.quarantined:
             quarantined = [f"{q['path']}: {q['reason']}" for q in report.quarantined]
             raise StrictBuildError(_strict_message(config.release, "quarantined", quarantined))
-        state = _build(client, config, store, build_dir, report, say)
+        state, hashes = _build(client, config, store, build_dir, report, say)
         if config.strict and (conflicts := _new_conflicts(store, staged, report.conflicts)):
             # Not kept: the next build meets the files again, as they then are.
             withdraw_batches(store.path, staged)
@@ -846,7 +877,8 @@ def _build_locked(
         remove_temporaries(build_dir)
         write_state(build_dir, state)
         (build_dir / "release.json").write_text(json.dumps(info, indent=2, default=str))
-        write_checksums(build_dir, store.release_dir(report.base_release) if report.base_release else None)
+        base = store.release_dir(report.base_release) if report.base_release else None
+        write_checksums(build_dir, base, hashed=hashes)
         with _stage(report, "publish", say):
             publish(store, build_dir, config.release)
     except BaseException:

@@ -161,33 +161,43 @@ def _checksums_by_inode(release_dir: Path | None) -> dict[tuple[int, int], dict]
     return found
 
 
-def write_checksums(release_dir: Path, previous_release_dir: Path | None = None) -> tuple[int, int]:
+def write_checksums(
+    release_dir: Path,
+    previous_release_dir: Path | None = None,
+    hashed: dict[str, tuple[int, str]] | None = None,
+) -> tuple[int, int]:
     """Write ``checksums.json``: size and SHA-256 of every file of a release being built.
 
     A file that is a hard link to a file of ``previous_release_dir`` (an unshared
     partition is a fresh file, a shared one the very same inode) gets the checksum that
-    release recorded for it, without being read again: a build hashes only what it wrote.
+    release recorded for it, without being read again; so does a file in ``hashed``
+    (absolute path -> size and SHA-256, from the task that wrote it) of that size. A build
+    reads here only the small files its driver wrote.
 
     Returns
     -------
     (int, int)
-        Files hashed, and files whose checksum was taken from the previous release.
+        Files hashed here, and files whose checksum was known already.
     """
     release_dir = Path(release_dir)
     previous = _checksums_by_inode(previous_release_dir)
-    entries, hashed, reused = [], 0, 0
+    hashed = hashed or {}
+    entries, read, reused = [], 0, 0
     for rel in _release_files(release_dir, skip=frozenset({_SCRATCH_DIR})):
         path = release_dir / rel
         st = os.stat(path)
         old = previous.get((st.st_dev, st.st_ino))
-        if old is not None and old["size"] == st.st_size:
-            sha256, reused = old["sha256"], reused + 1
+        size, sha256 = (
+            (old["size"], old["sha256"]) if old is not None else hashed.get(str(path), (None, None))
+        )
+        if size == st.st_size:
+            reused += 1
         else:
-            sha256, hashed = hash_file(str(path)).sha256, hashed + 1
+            sha256, read = hash_file(str(path)).sha256, read + 1
         entries.append({"path": rel, "size": st.st_size, "sha256": sha256})
     listing = {"algorithm": "sha256", "files": entries}
     (release_dir / CHECKSUMS_FILE).write_text(json.dumps(listing, indent=1) + "\n")
-    return hashed, reused
+    return read, reused
 
 
 class _Hasher:

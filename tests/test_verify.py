@@ -7,6 +7,7 @@ replaces the file (a new inode, leaving the other release alone) or means to dam
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -337,3 +338,17 @@ def test_refmap_row_in_another_fields_file_is_found(tmp_path, build, tiny_survey
     [finding] = found(report, "objects")
     assert finding.file == rel(release, target)
     assert "outside field" in finding.message
+
+
+def test_checksums_written_by_the_tasks_are_taken_without_reading_the_file_again(tmp_path):
+    release = tmp_path / "DR1"
+    (release / "objects").mkdir(parents=True)
+    written, small = release / "objects" / "part.parquet", release / "release.json"
+    written.write_bytes(b"x" * 1000)
+    small.write_text("{}")
+    known = "0" * 64  # not the file's hash: shows the listing took it as given
+    hashed = {str(written): (1000, known), str(small): (999, known)}  # the second: wrong size
+    assert write_checksums(release, None, hashed=hashed) == (1, 1)
+    listing = read_checksums(release)
+    assert listing["objects/part.parquet"]["sha256"] == known
+    assert listing["release.json"]["sha256"] == hashlib.sha256(b"{}").hexdigest()

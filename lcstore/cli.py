@@ -159,14 +159,16 @@ Withdraws an ingested file from every later release: the next build leaves out i
 as if it had never been delivered (an older procversion it superseded counts again; a
 conflict it won goes to the other file). Published releases do not change. The file is
 named by its path, if it still exists, or by the leading hex digits (8 or more) of its
-SHA-256, as build reports print them. Withdrawal is final: the same bytes delivered again
-are skipped as already in the store.
+SHA-256, as build reports print them. The same bytes delivered again are skipped as
+already in the store, so they stay withdrawn until --undo: the next build then shows the
+file's rows again (the undone record is kept in STORE/withdrawn/restored/).
 
 examples:
   lcstore withdraw /tmp/store /data/epochs/ztf_20200101_000245_zr_c10_q1_v2.parquet \\
       --reason "wrong zero point, see ops ticket 123"
   lcstore withdraw /tmp/store 3fa29c1b0e --reason "conflict: the other file is right"
   lcstore withdraw /tmp/store --list
+  lcstore withdraw /tmp/store 3fa29c1b0e --undo --reason "the zero point was right"
 """
 
 _VERIFY_EXAMPLES = """\
@@ -393,7 +395,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _withdraw(args: argparse.Namespace) -> int:
-    from lcstore.withdraw import withdraw, withdrawals
+    from lcstore.withdraw import restore, withdraw, withdrawals
 
     if args.list:
         Store(args.store).config()
@@ -402,6 +404,13 @@ def _withdraw(args: argparse.Namespace) -> int:
         return 0
     if args.file is None or args.reason is None:
         args.parser.error("give FILE and --reason, or --list")
+    if args.undo:
+        w = restore(args.store, args.file, args.reason)
+        print(
+            f"restored {', '.join(w.paths)} (sha256 {w.sha256[:12]}…, withdrawn {w.time}: {w.reason}); "
+            "the next build shows its rows again"
+        )
+        return 0
     w = withdraw(args.store, args.file, args.reason)
     print(
         f"withdrew {', '.join(w.paths)} (sha256 {w.sha256[:12]}…, {w.units} unit(s)); "
@@ -568,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", metavar="FILE", help="the file's path, or its SHA-256's leading digits")
     p.add_argument("--reason", metavar="TEXT", help="why, for the record")
     p.add_argument("--list", action="store_true", help="list the store's withdrawn files instead")
+    p.add_argument("--undo", action="store_true", help="undo the file's withdrawal instead")
     p.set_defaults(run=_withdraw)
 
     p = command("verify", "check published releases against their checksums and the ledger", _VERIFY_EXAMPLES)

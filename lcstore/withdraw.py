@@ -8,8 +8,10 @@ procversion that it superseded counts again, and a conflict that it won goes to 
 other file.
 
 Each withdrawal is a record ``STORE/withdrawn/<sha256>.json``, written atomically while
-holding the store's lock. It is final: the same bytes delivered again are skipped as
-already in the store.
+holding the store's lock. The same bytes delivered again are skipped as already in the
+store, so they stay withdrawn until :func:`restore` undoes the withdrawal: the next build
+shows the file's rows again. The undone record is kept in ``STORE/withdrawn/restored/``,
+with why and when it was undone.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from lcstore.errors import StoreError
 from lcstore.ingest import hash_file, read_ledger
 from lcstore.store import Store, write_text_atomic
 
 #: Folder of a store that holds the withdrawal records.
 WITHDRAWN_DIR = "withdrawn"
+#: Its subfolder of undone withdrawals.
+RESTORED_DIR = "restored"
 
 #: Fewest hex digits of a content hash accepted to name a file.
 MIN_HASH_PREFIX = 8
@@ -66,7 +68,7 @@ def withdraw(store: Store | str | Path, target: str, reason: str) -> Withdrawal:
     st.config()
     with st.lock():
         ledger = read_ledger(st.path)
-        sha = _content_of(target, ledger, st.path)
+        sha = _content_of(target, set(ledger["sha256"]), "file", st.path)
         rows = ledger[ledger["sha256"] == sha]
         record = Withdrawal(
             sha256=sha,
@@ -81,13 +83,52 @@ def withdraw(store: Store | str | Path, target: str, reason: str) -> Withdrawal:
     return record
 
 
-def _content_of(target: str, ledger: pd.DataFrame, store: Path) -> str:
-    """The SHA-256 of the ledger's file that ``target`` names."""
-    known = set(ledger["sha256"])
+def restore(store: Store | str | Path, target: str, reason: str) -> Withdrawal:
+    """Undo the withdrawal of a file: later releases of ``store`` show its rows again.
+
+    Parameters
+    ----------
+    store : Store, str or Path
+        The store.
+    target : str
+        The withdrawn file (its path, if it still exists) or at least
+        :data:`MIN_HASH_PREFIX` leading hex digits of its SHA-256.
+    reason : str
+        Why, for the record.
+
+    Returns
+    -------
+    Withdrawal
+        The withdrawal undone.
+
+    Raises
+    ------
+    StoreError
+        If ``store`` is not a store, another build holds its lock, or ``target`` names no
+        single withdrawn file.
+    """
+    st = store if isinstance(store, Store) else Store(store)
+    st.config()
+    with st.lock():
+        folder = st.path / WITHDRAWN_DIR
+        sha = _content_of(target, {w.sha256 for w in withdrawals(st.path)}, "withdrawn file", st.path)
+        record = folder / f"{sha}.json"
+        undone = json.loads(record.read_text())
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        kept = folder / RESTORED_DIR / f"{sha}-{now.replace(':', '')}.json"
+        kept.parent.mkdir(exist_ok=True)
+        write_text_atomic(kept, json.dumps(undone | {"restore_reason": reason, "restored": now}, indent=2))
+        record.unlink()
+    return Withdrawal(**undone)
+
+
+def _content_of(target: str, known: set[str], kind: str, store: Path) -> str:
+    """The SHA-256, among ``known`` (the hashes of the store's files of ``kind``), of the
+    file that ``target`` names."""
     if Path(target).is_file():
         sha = hash_file(target).sha256
         if sha not in known:
-            raise StoreError(f"{target}: no file with this content was ingested into store {store}")
+            raise StoreError(f"{target}: no {kind} of store {store} has this content")
         return sha
     prefix = target.lower()
     if len(prefix) < MIN_HASH_PREFIX or any(c not in "0123456789abcdef" for c in prefix):
@@ -96,7 +137,7 @@ def _content_of(target: str, ledger: pd.DataFrame, store: Path) -> str:
         )
     matches = sorted(s for s in known if s.startswith(prefix))
     if len(matches) != 1:
-        found = "no file" if not matches else f"{len(matches)} files"
+        found = f"no {kind}" if not matches else f"{len(matches)} files"
         raise StoreError(f"{target}: {found} of store {store} with a SHA-256 starting so; give more digits")
     return matches[0]
 

@@ -31,7 +31,7 @@ from lcstore.margin import MARGIN_CATALOG
 from lcstore.simulate import PRESETS, SurveySpec, load_truth, simulate
 from lcstore.store import FORMAT_VERSION
 from lcstore.verify import verify_release, write_checksums
-from lcstore.withdraw import withdraw
+from lcstore.withdraw import restore, withdraw
 from lcstore.write import read_arrow
 
 KEY = ["expid", "ccdid", "qid", "sourceid", "procversion"]
@@ -121,6 +121,29 @@ def test_a_withdrawn_file_leaves_the_next_release_as_if_never_delivered(tmp_path
     assert (changes.detections_withdrawn, changes.detections_restored) == (shown["DR1"], shown["DR2"])
     assert changes.detections_superseded == changes.detections_reprocessed == changes.detections_new_data == 0
     assert changes.detections_new == changes.detections_old - shown["DR1"] + shown["DR2"]
+
+
+def test_an_undone_withdrawal_brings_the_file_back_in_the_next_release(tmp_path, build, survey):
+    """Withdrawn after DR1 and restored after DR2: DR3 equals a scratch build of every
+    input, so the file's rows are back and the version it supersedes is out again."""
+    inc, scratch = tmp_path / "inc", tmp_path / "scratch"
+    deliver(survey, inc, lambda rel, mjd: True)
+    shutil.copytree(survey / "refs", inc / "refs")
+    build(inc / "epochs", inc / "refs", inc / "store", "DR1", **SMALL)
+    gone = sorted((inc / "epochs").rglob("*_v2.parquet"))[0]
+    withdraw(inc / "store", str(gone), "wrong zero point")
+    build(inc / "epochs", inc / "refs", inc / "store", "DR2", **SMALL)
+    restore(inc / "store", str(gone), "the zero point was right")
+    report = build(inc / "epochs", inc / "refs", inc / "store", "DR3", **SMALL)
+    assert report.base_release == "DR2" and report.units_withdrawn == 0
+    deliver(survey, scratch, lambda rel, mjd: True)
+    shutil.copytree(survey / "refs", scratch / "refs")
+    build(scratch / "epochs", scratch / "refs", scratch / "store", "DR3", **SMALL)
+    assert_same_release(inc / "store", scratch / "store", "DR3")
+    quadrant = pd.read_parquet(gone, columns=["expid", "ccdid", "qid"]).iloc[:1]
+    for release, version in (("DR1", 2), ("DR2", 1), ("DR3", 2)):
+        rows = read(inc / "store", release, "detections").merge(quadrant)
+        assert len(rows) and set(rows["procversion"]) == {version}
 
 
 @pytest.mark.parametrize("history", sorted(HISTORIES))

@@ -1,8 +1,9 @@
-"""Withdrawing a file: how it is named, recorded and refused. What a build then leaves out
-is tested in test_incremental.py and test_bad_inputs.py (conflicts)."""
+"""Withdrawing a file, and undoing it: how it is named, recorded and refused. What a build
+then leaves out is tested in test_incremental.py and test_bad_inputs.py (conflicts)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from lcstore.cli import EXIT_USAGE, main
 from lcstore.errors import StoreError
 from lcstore.ingest import read_ledger
-from lcstore.withdraw import WITHDRAWN_DIR, withdraw, withdrawals
+from lcstore.withdraw import RESTORED_DIR, WITHDRAWN_DIR, restore, withdraw, withdrawals
 
 
 @pytest.fixture
@@ -53,10 +54,36 @@ def test_a_file_never_ingested_is_refused_by_name(store: Path, tmp_path: Path, c
     stranger = tmp_path / "stranger.parquet"
     stranger.write_bytes(b"not in the store")
     assert main(["withdraw", str(store), str(stranger), "--reason", "x"]) == EXIT_USAGE
-    assert f"{stranger}: no file with this content was ingested" in capsys.readouterr().err
+    assert f"{stranger}: no file of store {store} has this content" in capsys.readouterr().err
 
 
 def test_withdraw_needs_a_reason(store: Path, capsys) -> None:
     sha = read_ledger(store)["sha256"].iloc[0]
     assert main(["withdraw", str(store), sha]) == EXIT_USAGE
     assert "--reason" in capsys.readouterr().err
+
+
+def test_a_withdrawal_is_undone_by_its_hash_and_kept_on_record(store: Path, capsys) -> None:
+    ledger = read_ledger(store)
+    first, second = ledger.drop_duplicates("sha256").iloc[:2].itertuples()
+    withdraw(store, first.path, "bad zero point")
+    withdraw(store, second.path, "wrong program")
+    restored = restore(store, first.sha256[:12], "the zero point was right after all")
+    assert (restored.sha256, restored.reason) == (first.sha256, "bad zero point")
+    assert {w.sha256 for w in withdrawals(store)} == {second.sha256}
+    [record] = (store / WITHDRAWN_DIR / RESTORED_DIR).glob(f"{first.sha256}-*.json")
+    kept = json.loads(record.read_text())
+    assert (
+        kept["reason"] == "bad zero point" and kept["restore_reason"] == "the zero point was right after all"
+    )
+    assert main(["withdraw", str(store), second.sha256[:10], "--undo", "--reason", "fixed upstream"]) == 0
+    assert "shows its rows again" in capsys.readouterr().out
+    assert withdrawals(store) == []
+
+
+def test_undoing_a_file_that_is_not_withdrawn_is_refused(store: Path, capsys) -> None:
+    sha = read_ledger(store)["sha256"].iloc[0]
+    with pytest.raises(StoreError, match="no withdrawn file"):
+        restore(store, sha, "x")
+    assert main(["withdraw", str(store), sha[:10], "--undo", "--reason", "x"]) == EXIT_USAGE
+    assert "no withdrawn file" in capsys.readouterr().err

@@ -95,15 +95,21 @@ HISTORIES = {
 }
 
 
-def test_a_withdrawn_file_leaves_the_next_release_as_if_never_delivered(tmp_path, build, survey):
-    """A reprocessed version withdrawn after DR1: DR2 equals a scratch build of the inputs
-    without it, so its rows are gone and the version it superseded is back."""
-    inc, scratch = tmp_path / "inc", tmp_path / "scratch"
+def dr1_then_withdraw_a_reprocessed_file(inc: Path, build, survey: Path) -> Path:
+    """DR1 of every input in ``inc``, then one procversion-2 file withdrawn; returns it."""
     deliver(survey, inc, lambda rel, mjd: True)
     shutil.copytree(survey / "refs", inc / "refs")
     build(inc / "epochs", inc / "refs", inc / "store", "DR1", **SMALL)
     gone = sorted((inc / "epochs").rglob("*_v2.parquet"))[0]
     withdraw(inc / "store", str(gone), "wrong zero point")
+    return gone
+
+
+def test_a_withdrawn_file_leaves_the_next_release_as_if_never_delivered(tmp_path, build, survey):
+    """A reprocessed version withdrawn after DR1: DR2 equals a scratch build of the inputs
+    without it, so its rows are gone and the version it superseded is back."""
+    inc, scratch = tmp_path / "inc", tmp_path / "scratch"
+    gone = dr1_then_withdraw_a_reprocessed_file(inc, build, survey)
     report = build(inc / "epochs", inc / "refs", inc / "store", "DR2", **SMALL)
     assert report.base_release == "DR1" and report.units_withdrawn == 1
     rel = str(gone.relative_to(inc / "epochs"))
@@ -127,11 +133,7 @@ def test_an_undone_withdrawal_brings_the_file_back_in_the_next_release(tmp_path,
     """Withdrawn after DR1 and restored after DR2: DR3 equals a scratch build of every
     input, so the file's rows are back and the version it supersedes is out again."""
     inc, scratch = tmp_path / "inc", tmp_path / "scratch"
-    deliver(survey, inc, lambda rel, mjd: True)
-    shutil.copytree(survey / "refs", inc / "refs")
-    build(inc / "epochs", inc / "refs", inc / "store", "DR1", **SMALL)
-    gone = sorted((inc / "epochs").rglob("*_v2.parquet"))[0]
-    withdraw(inc / "store", str(gone), "wrong zero point")
+    gone = dr1_then_withdraw_a_reprocessed_file(inc, build, survey)
     build(inc / "epochs", inc / "refs", inc / "store", "DR2", **SMALL)
     restore(inc / "store", str(gone), "the zero point was right")
     report = build(inc / "epochs", inc / "refs", inc / "store", "DR3", **SMALL)

@@ -227,6 +227,53 @@ def _batches(files: list[InputFile], max_bytes: int, workers: int) -> list[list[
     return [b for b in batches if b]
 
 
+@dataclass
+class _Delivery:
+    """The new files of one kind (epochs or refs) of a build, on their way to staging."""
+
+    kind: str
+    files_seen: int
+    batches: list[list[InputFile]]
+    copies: dict[str, list[str]]  # path of the file staged -> its byte-identical copies
+    timer: StepTimer
+
+
+def _delivery(
+    client: Client,
+    kind: str,
+    folder: str,
+    ledger: pd.DataFrame,
+    report: BuildReport,
+    say: Callable[[str], None],
+    batch_bytes: int,
+) -> _Delivery:
+    """List a folder, hash the files not ingested yet and batch the new ones."""
+    timer = StepTimer()
+    with timer.step("listing"):
+        paths = discover(folder)
+        report.files_seen += len(paths)
+        # Files unchanged since they were ingested are not read again.
+        signatures = set(zip(ledger["path"], ledger["size"], ledger["mtime_ns"], strict=True))
+        unseen = [p for p in paths if file_signature(p) not in signatures]
+        report.files_already_ingested += len(paths) - len(unseen)
+    with timer.step("hashing"):
+        files = _hash_files(client, unseen)
+    known = set(ledger["sha256"])
+    fresh: dict[str, InputFile] = {}
+    copies: dict[str, list[str]] = {}
+    for f in files:
+        if f.sha256 in known:
+            report.files_already_ingested += 1
+        elif f.sha256 in fresh:
+            report.files_duplicate += 1
+            copies.setdefault(fresh[f.sha256].path, []).append(f.path)
+            say(f"  {f.path}: same content as {fresh[f.sha256].path}, skipped")
+        else:
+            fresh[f.sha256] = f
+    batches = _batches(list(fresh.values()), batch_bytes, len(client.scheduler_info()["workers"]))
+    return _Delivery(kind, len(paths), batches, copies, timer)
+
+
 def _ingest(
     client: Client,
     config: BuildConfig,
@@ -235,64 +282,53 @@ def _ingest(
     say: Callable[[str], None],
     build_dir: Path,
 ) -> list[str]:
-    """Ingest the new input files; return the IDs of the batches staged."""
-    staged = []
+    """Ingest the new input files; return the IDs of the batches staged.
+
+    Both kinds are listed and hashed first, then all their batches are staged together, so
+    the reference catalogs' batches fill the workers' last gaps among the epochs'.
+    """
     ledger = read_ledger(store.path)
-    known = set(ledger["sha256"])
-    signatures = set(zip(ledger["path"], ledger["size"], ledger["mtime_ns"], strict=True))
-    for kind, folder in ((EPOCHS, config.epochs_dir), (REFS, config.refs_dir)):
-        timer = StepTimer()
-        with timer.step("listing"):
-            paths = discover(folder)
-            report.files_seen += len(paths)
-            # Files unchanged since they were ingested are not read again.
-            unseen = [p for p in paths if file_signature(p) not in signatures]
-            report.files_already_ingested += len(paths) - len(unseen)
-        with timer.step("hashing"):
-            files = _hash_files(client, unseen)
-        fresh: dict[str, InputFile] = {}
-        copies: dict[str, list[str]] = {}  # path of the file staged -> its byte-identical copies
-        for f in files:
-            if f.sha256 in known:
-                report.files_already_ingested += 1
-            elif f.sha256 in fresh:
-                report.files_duplicate += 1
-                copies.setdefault(fresh[f.sha256].path, []).append(f.path)
-                say(f"  {f.path}: same content as {fresh[f.sha256].path}, skipped")
-            else:
-                fresh[f.sha256] = f
-        batches = _batches(list(fresh.values()), config.batch_bytes, len(client.scheduler_info()["workers"]))
-        with timer.step("staging"):
-            lists = [build_dir / "ingest" / f"{kind}-{i}.parquet" for i in range(len(batches))]
-            for batch, path in zip(batches, lists, strict=True):
+    deliveries = [
+        _delivery(client, kind, folder, ledger, report, say, config.batch_bytes)
+        for kind, folder in ((EPOCHS, config.epochs_dir), (REFS, config.refs_dir))
+    ]
+    submitted = []
+    for d in deliveries:
+        with d.timer.step("staging"):
+            lists = [build_dir / "ingest" / f"{d.kind}-{i}.parquet" for i in range(len(d.batches))]
+            for batch, path in zip(d.batches, lists, strict=True):
                 write_batch_list(batch, path)
             futures = client.map(
                 stage_listed_batch,
-                [kind] * len(batches),
+                [d.kind] * len(d.batches),
                 [str(path) for path in lists],
                 store=str(store.path),
                 work_order=store.work_order,
                 margin_arcsec=config.margin,
                 pure=False,
             )
-            results: list[BatchResult] = gather(futures, f"{kind} batches staged", say)
-            shutil.rmtree(build_dir / "ingest", ignore_errors=True)
+        submitted.append(futures)
+    staged = []
+    for d, futures in zip(deliveries, submitted, strict=True):
+        with d.timer.step("staging"):
+            results: list[BatchResult] = gather(futures, f"{d.kind} batches staged", say)
         for r in results:
             staged.append(r.batch)
             report.files_ingested += r.files
             report.quarantined += [asdict(q) for q in r.quarantined]
             for q in r.quarantined:  # a copy of a refused file is refused too, by name
-                same = copies.get(q.path, [])
+                same = d.copies.get(q.path, [])
                 report.files_duplicate -= len(same)
                 report.quarantined += [
                     {"path": path, "reason": f"same content as {q.path}: {q.reason}"} for path in same
                 ]
             add_seconds(report.task_seconds, {f"ingest {k}": v for k, v in r.seconds.items()})
-        took = ", ".join(f"{step} {seconds:.1f}s" for step, seconds in timer.seconds.items())
+        took = ", ".join(f"{step} {seconds:.1f}s" for step, seconds in d.timer.seconds.items())
         say(
-            f"  {kind}: {len(paths):,} files, {sum(r.files for r in results):,} newly ingested "
+            f"  {d.kind}: {d.files_seen:,} files, {sum(r.files for r in results):,} newly ingested "
             f"({sum(r.rows for r in results):,} rows; {took})"
         )
+    shutil.rmtree(build_dir / "ingest", ignore_errors=True)
     return staged
 
 

@@ -242,23 +242,26 @@ def _delivery(
     client: Client,
     kind: str,
     folder: str,
-    ledger: pd.DataFrame,
+    ingested: tuple[set[tuple[str, int, int]], set[str]],
     report: BuildReport,
     say: Callable[[str], None],
     batch_bytes: int,
 ) -> _Delivery:
-    """List a folder, hash the files not ingested yet and batch the new ones."""
+    """List a folder, hash the files not ingested yet and batch the new ones.
+
+    ``ingested`` holds the (path, size, mtime_ns) signatures and the contents (SHA-256) of
+    the files in the ledger.
+    """
+    signatures, known = ingested
     timer = StepTimer()
     with timer.step("listing"):
         paths = discover(folder)
         report.files_seen += len(paths)
         # Files unchanged since they were ingested are not read again.
-        signatures = set(zip(ledger["path"], ledger["size"], ledger["mtime_ns"], strict=True))
         unseen = [p for p in paths if file_signature(p) not in signatures]
         report.files_already_ingested += len(paths) - len(unseen)
     with timer.step("hashing"):
         files = _hash_files(client, unseen)
-    known = set(ledger["sha256"])
     fresh: dict[str, InputFile] = {}
     copies: dict[str, list[str]] = {}
     for f in files:
@@ -288,8 +291,11 @@ def _ingest(
     the reference catalogs' batches fill the workers' last gaps among the epochs'.
     """
     ledger = read_ledger(store.path)
+    signatures = set(zip(ledger["path"], ledger["size"], ledger["mtime_ns"], strict=True))
+    ingested = (signatures, set(ledger["sha256"]))
+    del ledger  # millions of rows at survey scale: not held while the new files are hashed
     deliveries = [
-        _delivery(client, kind, folder, ledger, report, say, config.batch_bytes)
+        _delivery(client, kind, folder, ingested, report, say, config.batch_bytes)
         for kind, folder in ((EPOCHS, config.epochs_dir), (REFS, config.refs_dir))
     ]
     submitted = []

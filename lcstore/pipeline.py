@@ -501,6 +501,7 @@ def _build(
             _refmap_fields(pixel_stats, results, dirty, previous),
             results,
             det_src,
+            prev_dir,
             build_dir,
             priority=max(det_plan.values(), default=0),
         )
@@ -654,7 +655,7 @@ class _PartitionWrites:
     catalog: str
     tasks: dict[Hashable, Future]
     shared: dict[Hashable, int]
-    paths: dict[Hashable, str] = field(default_factory=dict)
+    paths: dict[Hashable, str]
 
     def rows(
         self, report: BuildReport, say: Callable[[str], None], hashes: dict[str, tuple[int, str]]
@@ -773,13 +774,15 @@ def _submit_refmap(
     fields: tuple[set[int], set[int]],
     results: dict[int, PixelResult],
     sources: PartitionSources,
+    previous_release: Path | None,
     build_dir: Path,
     priority: int,
 ) -> _PartitionWrites:
     """Submit the refmap file of each field of ``fields[1]`` (written from this build's
-    pieces and the previous release's rows of the other pixels); hard-link the others."""
+    pieces and the previous release's rows of the pixels ``sources`` did not rematch);
+    hard-link the others."""
     every, rebuild = fields
-    previous = str(Path(sources.previous_dir).parent) if sources.previous_dir else None
+    previous = str(previous_release) if previous_release else None
     write_schema(schema.REFMAP_SCHEMA, build_dir)
     shared = {f: share_field(previous, str(build_dir), f) for f in every - rebuild}
     tasks, paths_of = {}, {}

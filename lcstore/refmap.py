@@ -23,8 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lcstore.healpix import pixel_of, spatial_index
-from lcstore.write import ROW_GROUP_ROWS, atomic_write_table
+from lcstore.write import ROW_GROUP_ROWS, atomic_write_table, position_emitter, rows_not_rematched
 
 #: Folder of a release's refmap files.
 REFMAP_DIR = "refmap"
@@ -32,6 +31,8 @@ REFMAP_DIR = "refmap"
 LEGACY_REFMAP = "refmap.parquet"
 #: Schema-only file of the refmap folder, for readers of a release without reference sources.
 SCHEMA_FILE = "_common_metadata"
+#: The field files of a refmap folder.
+FIELD_FILES = "field-*.parquet"
 
 #: ``ztf_oid // OID_FIELD_FACTOR`` is the oid's field.
 OID_FIELD_FACTOR = 10**12
@@ -42,24 +43,27 @@ def field_file(release_dir: str | Path, field: int) -> Path:
     return Path(release_dir) / REFMAP_DIR / f"field-{int(field):06d}.parquet"
 
 
+def field_of_file(path: Path) -> int:
+    """The ZTF field of a file named by :func:`field_file`."""
+    return int(path.stem.removeprefix("field-"))
+
+
 def refmap_files(release_dir: str | Path) -> list[Path]:
     """A release's refmap files in ``ztf_oid`` order (one legacy file for releases
     published before lcstore 0.4)."""
     legacy = Path(release_dir) / LEGACY_REFMAP
     if legacy.is_file():
         return [legacy]
-    return sorted((Path(release_dir) / REFMAP_DIR).glob("field-*.parquet"))
+    return sorted((Path(release_dir) / REFMAP_DIR).glob(FIELD_FILES))
 
 
 def sql_source(release_dir: str | Path) -> Path:
-    """What SQL engines read as a release's refmap: the glob of its field files, the legacy
-    file, or the schema alone of a release without reference sources."""
-    release_dir = Path(release_dir)
-    if (release_dir / LEGACY_REFMAP).is_file():
-        return release_dir / LEGACY_REFMAP
-    if any((release_dir / REFMAP_DIR).glob("field-*.parquet")):
-        return release_dir / REFMAP_DIR / "field-*.parquet"
-    return release_dir / REFMAP_DIR / SCHEMA_FILE
+    """What SQL engines read as a release's refmap: the legacy file, the glob of the field
+    files, or the schema alone of a release without reference sources."""
+    files = refmap_files(release_dir)
+    if files and files[0].name == LEGACY_REFMAP:
+        return files[0]
+    return Path(release_dir) / REFMAP_DIR / (FIELD_FILES if files else SCHEMA_FILE)
 
 
 def file_for_oid(release_dir: str | Path, oid: int) -> Path:
@@ -114,11 +118,7 @@ def write_field(
         old_file = file_for_oid(previous_release, field * OID_FIELD_FACTOR)
         if old_file.is_file():
             old = pq.read_table(old_file, filters=where)
-            # A reference source is emitted by the work pixel of its own position.
-            position = spatial_index(old.column("ra").to_numpy(), old.column("dec").to_numpy())
-            emitter = pixel_of(position, work_order)
-            keep = ~np.isin(emitter, np.fromiter(rematched, dtype=np.int64))
-            tables.append(old.filter(pa.array(keep)))
+            tables.append(rows_not_rematched(old, position_emitter, rematched, work_order))
     rows = sum(t.num_rows for t in tables)
     if rows:
         table = sort_by_oid(pa.concat_tables(tables, promote_options="permissive"))

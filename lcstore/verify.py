@@ -48,7 +48,7 @@ from lcstore.embargo import Cutoffs, eligible, parse_date
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, index_range
 from lcstore.ingest import EPOCHS, REFS, hash_file, read_ledger
 from lcstore.margin import MARGIN_CATALOG
-from lcstore.refmap import LEGACY_REFMAP, OID_FIELD_FACTOR, refmap_files
+from lcstore.refmap import LEGACY_REFMAP, OID_FIELD_FACTOR, field_of_file, refmap_files
 from lcstore.store import Store
 
 #: Name of the checksum listing in a release directory.
@@ -561,7 +561,7 @@ def _check_refmap(folder: Path, parts: _Partitions, report: VerifyReport) -> Non
         report.refmap_rows += metadata.num_rows
         if path.name == LEGACY_REFMAP or not metadata.num_rows:
             continue
-        field = int(path.stem.removeprefix("field-"))
+        field = field_of_file(path)
         j = metadata.schema.names.index("ztf_oid")
         stats = [metadata.row_group(g).column(j).statistics for g in range(metadata.num_row_groups)]
         lo, hi = field * OID_FIELD_FACTOR, (field + 1) * OID_FIELD_FACTOR

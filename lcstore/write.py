@@ -173,18 +173,26 @@ def _kept_rows(
     if sources.previous_dir is None:
         return []
     lo, hi = index_range(order, pixel)
-    rematched = np.fromiter(sources.rematched, dtype=np.int64)
     tables = []
     for part in overlapping(list(sources.previous_parts), order, pixel):
         path = paths.pixel_catalog_file(sources.previous_dir, HealpixPixel(*part))
         t = pq.read_table(path, filters=_in_range(lo, hi))
-        keep = ~np.isin(pixel_of(emitter_of(t), sources.work_order), rematched)
-        tables.append(t.filter(pa.array(keep)))
+        tables.append(rows_not_rematched(t, emitter_of, sources.rematched, sources.work_order))
     return tables
 
 
-def _detection_emitter(table: pa.Table) -> np.ndarray:
-    # A detection is emitted by the work pixel of its own position.
+def rows_not_rematched(
+    table: pa.Table, emitter_of: Callable[[pa.Table], np.ndarray], rematched: frozenset[int], work_order: int
+) -> pa.Table:
+    """The rows of a previous release's ``table`` whose emitting work pixel (at
+    ``work_order``; ``emitter_of`` gives each row's order-29 index) was not rematched."""
+    emitters = pixel_of(emitter_of(table), work_order)
+    return table.filter(pa.array(~np.isin(emitters, np.fromiter(rematched, dtype=np.int64))))
+
+
+def position_emitter(table: pa.Table) -> np.ndarray:
+    """Order-29 index of each row's own position (``ra``, ``dec``): a detection or a
+    reference source is emitted by the work pixel of its own position."""
     return spatial_index(table.column("ra").to_numpy(), table.column("dec").to_numpy())
 
 
@@ -214,7 +222,7 @@ def write_detection_partition(
 ) -> int:
     """Write one detections partition; return its row count."""
     tables = _fresh_rows(sources, "detections", order, pixel)
-    tables += _kept_rows(sources, _detection_emitter, order, pixel)
+    tables += _kept_rows(sources, position_emitter, order, pixel)
     table = sort_lightcurves(conform(pa.concat_tables([conform(t, target) for t in tables]), target))
     # The objects' statistics while the detections are at hand: the objects partitions
     # read these instead of decoding the detections again.

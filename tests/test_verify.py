@@ -63,6 +63,12 @@ def replace_table(path: Path, table: pa.Table) -> None:
     atomic_write_table(table, path, row_group_size=ROW_GROUP_ROWS)
 
 
+def with_values(table: pa.Table, name: str, values) -> pa.Table:
+    """``table`` with column ``name`` replaced by ``values``, keeping its field (type, nullability)."""
+    i = table.schema.get_field_index(name)
+    return table.set_column(i, table.schema.field(i), pa.array(values, table.schema.field(i).type))
+
+
 def refresh_checksum(release: Path, path: Path) -> None:
     """Record ``path``'s current size and hash in checksums.json, hiding the edit from that check."""
     from lcstore.ingest import hash_file
@@ -192,7 +198,7 @@ def test_edited_value_is_caught_by_its_checksum_only(tmp_path, build, tiny_surve
     table = pq.read_table(target)
     mag = table.column("mag").to_numpy(zero_copy_only=False).copy()
     mag[0] += 0.5
-    replace_table(target, table.set_column(table.schema.get_field_index("mag"), "mag", pa.array(mag)))
+    replace_table(target, with_values(table, "mag", mag))
     assert pq.read_table(target).num_rows == table.num_rows  # still valid Parquet
     report = verify_release(tmp_path / "store", "DR1")
     [finding] = report.findings
@@ -208,11 +214,9 @@ def test_injected_embargoed_row_is_found(tmp_path, build, tiny_survey):
     row = table.slice(0, 1)
     late = mjd_of_date(parse_date("2018-03-19")) + 2.5  # two days after the public cutoff
     new_sourceid = int(pc.max(table.column("sourceid")).as_py()) + 1
-    row = row.set_column(row.schema.get_field_index("mjd"), "mjd", pa.array([late], pa.float64()))
-    row = row.set_column(row.schema.get_field_index("programid"), "programid", pa.array([1], pa.int8()))
-    row = row.set_column(
-        row.schema.get_field_index("sourceid"), "sourceid", pa.array([new_sourceid], pa.int64())
-    )
+    row = with_values(row, "mjd", [late])
+    row = with_values(row, "programid", [1])
+    row = with_values(row, "sourceid", [new_sourceid])
     replace_table(target, pa.concat_tables([table, row]))
     refresh_checksum(release, target)
     report = verify_release(tmp_path / "store", "DR1")

@@ -1,16 +1,18 @@
 """The write step: object statistics computed in bounded batches equal those at once;
-the match step's sorted runs give back exactly the rows of any index range."""
+the match step's sorted runs give back exactly the rows of any index range; release files
+carry the encodings, statistics and nullability their readers rely on."""
 
 import json
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcstore import write
+from lcstore import schema, write
 from lcstore.healpix import SPATIAL_INDEX_COLUMN
 
 
@@ -50,3 +52,31 @@ def test_sorted_run_range_is_the_rows_in_range(tmp_path_factory, index, lo, widt
     assert got.column("row").to_pylist() == expected
     assert write.sorted_run_schema(path) == table.schema
     assert not list(path.parent.glob(".*.tmp"))
+
+
+def test_release_files_declare_required_columns_and_keep_statistics_for_pruning(tmp_path, build, tiny_survey):
+    store = tmp_path / "store"
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1")
+    [part, *_] = sorted((store / "releases" / "DR1" / "detections" / "dataset").rglob("Npix=*.parquet"))
+    metadata = pq.ParquetFile(part).metadata
+    required = {schema.OBJECTID, *schema.EPOCH_COLUMNS, schema.HAS_REF, schema.OBJECT_RA, schema.OBJECT_DEC}
+    required.add(SPATIAL_INDEX_COLUMN)
+    file_schema = metadata.schema.to_arrow_schema()
+    assert {f.name for f in file_schema if not f.nullable} == required
+    group = metadata.row_group(0)
+    chunk = {group.column(j).path_in_schema: group.column(j) for j in range(metadata.num_columns)}
+    for name in (SPATIAL_INDEX_COLUMN, schema.OBJECTID, "mjd", "ra", "dec", "expid", "sourceid"):
+        assert chunk[name].statistics is not None and chunk[name].statistics.has_min_max, name
+    for name in ("mag", "psfflux", "filtercode"):
+        assert chunk[name].statistics is None or not chunk[name].statistics.has_min_max, name
+    assert chunk["ra"].compression == "UNCOMPRESSED" and chunk["mjd"].compression == "SNAPPY"
+
+
+def test_a_null_in_a_required_column_is_refused_and_nothing_is_written(tmp_path):
+    required = pa.field(schema.OBJECTID, pa.int64(), nullable=False)
+    target = pa.schema([required, pa.field("seeing", pa.float32())])
+    table = write.conform(pa.table({schema.OBJECTID: pa.array([1, None], pa.int64())}), target)
+    path = tmp_path / "part.parquet"
+    with pytest.raises(pa.ArrowInvalid, match="non-nullable"):
+        write.atomic_write_table(table, path)
+    assert not list(tmp_path.iterdir())

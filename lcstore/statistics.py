@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -28,8 +27,28 @@ STATISTICS_INPUT = pa.schema(
 #: The per-band statistics of an object row, in column order within each band.
 BAND_STATISTICS = ("nobs", "ngood", "mean_mag", "std_mag", "first_mjd", "last_mjd")
 
+_STATISTIC_TYPES = {
+    "nobs": pa.int32(),
+    "ngood": pa.int32(),
+    "mean_mag": pa.float32(),
+    "std_mag": pa.float32(),
+    "first_mjd": pa.float64(),
+    "last_mjd": pa.float64(),
+}
 
-def object_statistics(dets: pa.Table) -> pd.DataFrame:
+#: The statistics of :func:`object_statistics`: ``objectid``, then each band's
+#: :data:`BAND_STATISTICS`; none is ever null (NaN where undefined).
+STATISTICS_SCHEMA = pa.schema(
+    [pa.field("objectid", pa.int64(), nullable=False)]
+    + [
+        pa.field(f"{stat}_{band}", _STATISTIC_TYPES[stat], nullable=False)
+        for band in schema.FILTERCODES
+        for stat in BAND_STATISTICS
+    ]
+)
+
+
+def object_statistics(dets: pa.Table) -> pa.Table:
     """Per-object, per-band statistics of a set of detections.
 
     For each band ``f`` in zg, zr, zi: ``nobs_f`` (all detections), ``ngood_f``
@@ -44,8 +63,8 @@ def object_statistics(dets: pa.Table) -> pd.DataFrame:
 
     Returns
     -------
-    pandas.DataFrame
-        One row per object, by increasing ``objectid``.
+    pyarrow.Table
+        One row per object, by increasing ``objectid``; schema :data:`STATISTICS_SCHEMA`.
     """
     ids = dets.column("objectid").to_numpy()
     bands = pa.array(schema.FILTERCODES)
@@ -73,11 +92,9 @@ def object_statistics(dets: pa.Table) -> pd.DataFrame:
         "first_mjd": first[by_id],
         "last_mjd": last[by_id],
     }
-    columns = {"objectid": ids[starts][by_id]}
-    for b, name in enumerate(schema.FILTERCODES):
-        for stat in BAND_STATISTICS:
-            columns[f"{stat}_{name}"] = values[stat][:, b]
-    return pd.DataFrame(columns)
+    columns = [ids[starts][by_id]]
+    columns += [values[stat][:, b] for b in range(len(schema.FILTERCODES)) for stat in BAND_STATISTICS]
+    return pa.table(columns, schema=STATISTICS_SCHEMA)
 
 
 def _group_starts(ids: np.ndarray) -> np.ndarray:

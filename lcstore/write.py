@@ -25,7 +25,6 @@ from pathlib import Path
 
 import hats
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
@@ -36,7 +35,7 @@ from hats.pixel_math import HealpixPixel
 from lcstore import schema
 from lcstore.changes import overlapping, owners
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, index_range, pixel_of, spatial_index
-from lcstore.statistics import STATISTICS_INPUT, object_statistics
+from lcstore.statistics import STATISTICS_INPUT, STATISTICS_SCHEMA, object_statistics
 
 #: Rows per Parquet row group in release files: small enough that a cone search reads
 #: little more than it needs, large enough to keep per-group overhead low.
@@ -253,8 +252,7 @@ def write_detection_partition(
     # The objects' statistics while the detections are at hand: the objects partitions
     # read these instead of decoding the detections again.
     stats = object_statistics(table.select(STATISTICS_INPUT.names))
-    stats_table = pa.Table.from_pandas(stats, preserve_index=False)
-    atomic_write_arrow(stats_table, _statistics_file(sources, order, pixel))
+    atomic_write_arrow(stats, _statistics_file(sources, order, pixel))
     path = paths.pixel_catalog_file(catalog_dir, HealpixPixel(order, pixel))
     atomic_write_table(table, Path(path), row_group_size=ROW_GROUP_ROWS)
     return table.num_rows
@@ -271,7 +269,7 @@ STATISTICS_ROWS = 250_000
 
 def _statistics_in(
     detections_dir: str, detection_parts: list[tuple[int, int]], order: int, pixel: int
-) -> pd.DataFrame:
+) -> pa.Table:
     """Statistics of the objects in partition (order, pixel) from the release's detections
     partitions ``detection_parts``.
 
@@ -300,9 +298,7 @@ def _statistics_in(
     rest = pa.Table.from_batches(pending) if pending else None
     if rest is not None and rest.num_rows:
         stats.append(object_statistics(rest))
-    if not stats:
-        return object_statistics(STATISTICS_INPUT.empty_table())
-    return pd.concat(stats, ignore_index=True)
+    return pa.concat_tables(stats) if stats else STATISTICS_SCHEMA.empty_table()
 
 
 #: Columns of an object row that the match step emits; the rest are statistics.
@@ -326,23 +322,54 @@ def write_object_partition(
     shared with the previous release, are read.
     """
     tables = _fresh_rows(sources, "objects", order, pixel)
-    tables += [t.select(OBJECT_BASE_COLUMNS) for t in _kept_rows(sources, _object_emitter, order, pixel)]
-    objects = pa.concat_tables([t.select(OBJECT_BASE_COLUMNS) for t in tables]).to_pandas()
+    tables += _kept_rows(sources, _object_emitter, order, pixel)
+    objects = pa.concat_tables([t.select(OBJECT_BASE_COLUMNS) for t in tables], promote_options="permissive")
     parts = overlapping(detection_parts, order, pixel)
     shared = [p for p in parts if p not in written]
-    stats = [read_arrow(_statistics_file(sources, *p)).to_pandas() for p in parts if p in written]
-    stats = pd.concat([*stats, _statistics_in(detections_dir, shared, order, pixel)], ignore_index=True)
-    merged = objects.merge(stats, on="objectid", how="left", validate="one_to_one")
-    for band in schema.FILTERCODES:
-        for stat in ("nobs", "ngood"):
-            merged[f"{stat}_{band}"] = merged[f"{stat}_{band}"].fillna(0).astype(np.int32)
-    merged["nobs"] = sum(merged[f"nobs_{b}"] for b in schema.FILTERCODES).astype(np.int32)
-    merged = merged.sort_values([SPATIAL_INDEX_COLUMN, "objectid"], kind="stable")
-    columns = [c for c in merged.columns if c != SPATIAL_INDEX_COLUMN] + [SPATIAL_INDEX_COLUMN]
-    table = pa.Table.from_pandas(merged[columns], preserve_index=False)
+    stats = [read_arrow(_statistics_file(sources, *p)) for p in parts if p in written]
+    stats.append(_statistics_in(detections_dir, shared, order, pixel))
+    table = with_statistics(objects, pa.concat_tables(stats))
     path = paths.pixel_catalog_file(catalog_dir, HealpixPixel(order, pixel))
     atomic_write_table(table, Path(path), row_group_size=ROW_GROUP_ROWS)
     return table
+
+
+def with_statistics(objects: pa.Table, stats: pa.Table) -> pa.Table:
+    """Object rows with their statistics, sorted by (``_healpix_29``, ``objectid``).
+
+    ``stats`` holds at most one row per object (:data:`STATISTICS_SCHEMA`); an object
+    without one has no detection: counts 0, the other statistics NaN. ``nobs`` sums the
+    bands' counts; ``_healpix_29`` comes last. No column is nullable.
+    """
+    keys = [objects.column(c).to_numpy() for c in (schema.OBJECTID, SPATIAL_INDEX_COLUMN)]
+    objects = objects.take(np.lexsort(keys))
+    stat_ids, ids = (t.column(schema.OBJECTID).to_numpy() for t in (stats, objects))
+    rows, found = _rows_of(stat_ids, ids)
+    columns = {name: objects.column(name) for name in objects.column_names if name != SPATIAL_INDEX_COLUMN}
+    nobs = np.zeros(objects.num_rows, dtype=np.int32)
+    for name in STATISTICS_SCHEMA.names[1:]:
+        counts = name.startswith(("nobs_", "ngood_"))
+        values = stats.column(name).to_numpy()
+        columns[name] = np.full(len(found), 0 if counts else np.nan, dtype=values.dtype)
+        columns[name][found] = values[rows[found]]
+        if name.startswith("nobs_"):
+            nobs += columns[name]
+    columns["nobs"] = nobs
+    columns[SPATIAL_INDEX_COLUMN] = objects.column(SPATIAL_INDEX_COLUMN)
+    table = pa.table(columns)
+    return table.cast(pa.schema([f.with_nullable(False) for f in table.schema]))
+
+
+def _rows_of(keys: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each value in ``wanted``: the row of ``keys`` (unique) that holds it, and whether
+    one does."""
+    by_key = np.argsort(keys, kind="stable")
+    if np.any(keys[by_key][1:] == keys[by_key][:-1]):
+        raise ValueError("object statistics hold an object twice")
+    if len(keys) == 0:
+        return np.zeros(len(wanted), dtype=np.int64), np.zeros(len(wanted), dtype=bool)
+    rows = by_key[np.minimum(np.searchsorted(keys, wanted, sorter=by_key), len(keys) - 1)]
+    return rows, keys[rows] == wanted
 
 
 def share_partition(previous_catalog_dir: str, catalog_dir: str, order: int, pixel: int) -> int:

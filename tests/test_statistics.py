@@ -60,5 +60,7 @@ def test_object_statistics_equal_pandas_groupby(n, data):
         # As in a release partition: each object's rows together, objects not by ID.
         rank = dict(enumerate(data.draw(st.permutations(range(7)))))
         dets = dets.iloc[np.argsort(dets["objectid"].map(rank).to_numpy(), kind="stable")]
-    got = object_statistics(pa.Table.from_pandas(dets, schema=STATISTICS_INPUT, preserve_index=False))
+    got = object_statistics(
+        pa.Table.from_pandas(dets, schema=STATISTICS_INPUT, preserve_index=False)
+    ).to_pandas()
     pd.testing.assert_frame_equal(got, pandas_statistics(dets), check_exact=False, rtol=1e-6)

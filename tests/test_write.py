@@ -29,7 +29,9 @@ def test_statistics_in_small_batches_equal_statistics_at_once(
 
     def every_object(batch: int) -> pd.DataFrame:
         monkeypatch.setattr(write, "STATISTICS_ROWS", batch)
-        frames = [write._statistics_in(str(release / "detections"), parts, *part) for part in parts]
+        frames = [
+            write._statistics_in(str(release / "detections"), parts, *part).to_pandas() for part in parts
+        ]
         return pd.concat(frames).sort_values("objectid").reset_index(drop=True)
 
     whole = every_object(10**9)

@@ -39,10 +39,10 @@ from lcstore.embargo import Cutoffs, eligible
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, pixel_of, runs, unit_vectors
 from lcstore.index import histogram
 from lcstore.ingest import EPOCHS, REFS, UNIT_COLUMN, read_staged_file, staged_files
-from lcstore.refmap import fields_of, sort_by_oid
+from lcstore.refmap import fields_of, piece_file, sort_by_oid
 from lcstore.timing import StepTimer
 from lcstore.transients import leader_cluster
-from lcstore.write import SORTED_RUN_SUFFIX, atomic_write_table, write_sorted_run
+from lcstore.write import SORTED_RUN_SUFFIX, objects_run, write_sorted_run
 
 #: Version of what the match step makes of given staged rows. It is part of every work
 #: pixel's fingerprint: a new version rematches every pixel of a store's next build.
@@ -345,8 +345,8 @@ def match_pixel(
     Output files, in ``work_dir``::
 
         detections/<owner pixel>/<pixel>-<part>.arrow     (owner = work pixel of the object)
-        objects/<pixel>.parquet
-        refmap/<pixel>.parquet
+        objects/<pixel>.arrow                             (sorted by _healpix_29)
+        refmap/<pixel>.arrow                              (sorted by ztf_oid)
     """
     timer = StepTimer()
     with timer.step("read"):
@@ -374,14 +374,14 @@ def match_pixel(
         with timer.step("write"):
             output.add(matched)
     orphans, objects = matcher.finish()
-    work = Path(work_dir)
     with timer.step("write"):
         output.add(orphans)
         output.flush()
-        objects_table = pa.Table.from_pandas(objects, preserve_index=False)
-        atomic_write_table(objects_table, work / "objects" / f"{pixel}.parquet")
+        by_position = objects.sort_values(SPATIAL_INDEX_COLUMN, kind="stable")
+        objects_table = pa.Table.from_pandas(by_position, preserve_index=False)
+        write_sorted_run(objects_table, objects_run(work_dir, pixel))
         refmap = pa.Table.from_pandas(matcher.refmap, schema=schema.REFMAP_SCHEMA, preserve_index=False)
-        atomic_write_table(sort_by_oid(refmap), work / "refmap" / f"{pixel}.parquet")
+        write_sorted_run(sort_by_oid(refmap), piece_file(work_dir, pixel))
     with timer.step("summarise"):  # change digests and row histograms
         cells = cell_order(params.work_order)
         digests = {f"detections/{c}": _digest(*acc) for c, acc in output.sums.items()}
@@ -389,7 +389,7 @@ def match_pixel(
             f"objects/{c}": _digest(*acc)
             for c, acc in cell_sums(objects_table, OBJECT_DIGEST_COLUMNS, cells).items()
         }
-        digests["refmap"] = file_digest(work / "refmap" / f"{pixel}.parquet")
+        digests["refmap"] = file_digest(piece_file(work_dir, pixel))
         det_idx = np.concatenate(output.index29) if output.index29 else np.zeros(0, dtype=np.int64)
         detection_hist = histogram(det_idx, HISTOGRAM_ORDER)
         object_hist = histogram(objects[SPATIAL_INDEX_COLUMN].to_numpy(), HISTOGRAM_ORDER)

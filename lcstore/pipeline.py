@@ -73,7 +73,7 @@ from lcstore.publish import (
     remove_stale_builds,
     remove_temporaries,
 )
-from lcstore.refmap import field_file, share_field, write_field, write_schema
+from lcstore.refmap import field_file, piece_file, share_field, write_field, write_schema
 from lcstore.store import DEFAULT_WORK_ORDER, Store
 from lcstore.supersede import select_units
 from lcstore.timing import StepTimer, add_seconds
@@ -790,7 +790,7 @@ def _submit_refmap(
     tasks, paths_of = {}, {}
     for f in sorted(rebuild):
         holding = [p for p, r in results.items() if f in r.refmap_fields]
-        pieces = [str(Path(sources.work_dir) / "refmap" / f"{p}.parquet") for p in holding]
+        pieces = [str(piece_file(sources.work_dir, p)) for p in holding]
         write = functools.partial(
             write_field,
             pieces=pieces,

@@ -23,7 +23,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lcstore.write import ROW_GROUP_ROWS, atomic_write_table, position_emitter, rows_not_rematched
+from lcstore.write import (
+    ROW_GROUP_ROWS,
+    SORTED_RUN_SUFFIX,
+    atomic_write_table,
+    position_emitter,
+    read_sorted_run,
+    rows_not_rematched,
+)
 
 #: Folder of a release's refmap files.
 REFMAP_DIR = "refmap"
@@ -41,6 +48,12 @@ OID_FIELD_FACTOR = 10**12
 def field_file(release_dir: str | Path, field: int) -> Path:
     """The refmap file of one ZTF field in a release."""
     return Path(release_dir) / REFMAP_DIR / f"field-{int(field):06d}.parquet"
+
+
+def piece_file(work_dir: str | Path, pixel: int) -> Path:
+    """The match step's refmap piece of a work pixel: its reference sources, sorted by
+    ``ztf_oid`` (a sorted run, :func:`lcstore.write.write_sorted_run`)."""
+    return Path(work_dir) / REFMAP_DIR / f"{pixel}{SORTED_RUN_SUFFIX}"
 
 
 def field_of_file(path: Path) -> int:
@@ -82,11 +95,6 @@ def sort_by_oid(table: pa.Table) -> pa.Table:
     return table.take(np.argsort(table.column("ztf_oid").to_numpy(), kind="stable"))
 
 
-def _field_filter(field: int) -> list[tuple]:
-    lo = field * OID_FIELD_FACTOR
-    return [("ztf_oid", ">=", lo), ("ztf_oid", "<", lo + OID_FIELD_FACTOR)]
-
-
 def write_field(
     field: int,
     pieces: list[str],
@@ -102,7 +110,7 @@ def write_field(
     field : int
         The ZTF field.
     pieces : list of str
-        The match step's refmap pieces (one per work pixel, sorted by ``ztf_oid``) that hold
+        The match step's refmap pieces (:func:`piece_file`) that hold
         rows of the field.
     previous_release : str or None
         The release this one builds on: its rows of the field emitted by work pixels not
@@ -112,12 +120,12 @@ def write_field(
     release_dir : str
         The release being built.
     """
-    where = _field_filter(field)
-    tables = [pq.read_table(piece, filters=where) for piece in pieces]
+    lo, hi = field * OID_FIELD_FACTOR, (field + 1) * OID_FIELD_FACTOR
+    tables = [read_sorted_run(Path(piece), lo, hi, "ztf_oid") for piece in pieces]
     if previous_release is not None:
-        old_file = file_for_oid(previous_release, field * OID_FIELD_FACTOR)
+        old_file = file_for_oid(previous_release, lo)
         if old_file.is_file():
-            old = pq.read_table(old_file, filters=where)
+            old = pq.read_table(old_file, filters=[("ztf_oid", ">=", lo), ("ztf_oid", "<", hi)])
             tables.append(rows_not_rematched(old, position_emitter, rematched, work_order))
     rows = sum(t.num_rows for t in tables)
     if rows:

@@ -234,10 +234,12 @@ def _object_emitter(table: pa.Table) -> np.ndarray:
 
 def conform(table: pa.Table, target: pa.Schema) -> pa.Table:
     """Cast ``table`` to ``target``, adding null columns it lacks, in the target's order."""
-    columns = []
+    columns, present = [], set(table.column_names)  # column_names is rebuilt at each call
     for field in target:
-        if field.name in table.column_names:
-            columns.append(table.column(field.name).cast(field.type))
+        if field.name in present:
+            column = table.column(field.name)
+            # A cast to the same type still copies: a fifth of a partition's sort time.
+            columns.append(column if column.type == field.type else column.cast(field.type))
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
     return pa.table(columns, schema=target)

@@ -208,14 +208,17 @@ class PixelMatch:
         -------
         pyarrow.Table
             The detections inside the pixel that matched a reference object, with their
-            object's columns. The others wait for :meth:`finish`.
+            object's columns, sorted by the object's ``_healpix_29`` (the order of the
+            match output, :class:`_Output`). The others wait for :meth:`finish`.
         """
         with self.timer.step("match"):
             xyz = unit_vectors(dets.column("ra").to_numpy(), dets.column("dec").to_numpy())
             obj, _ = nearest_within(xyz, self._xyz, self.params.radius_arcsec)
             self._unmatched.append(dets.filter(pa.array(obj < 0)))
-            emit = (obj >= 0) & self._inside(dets.column(SPATIAL_INDEX_COLUMN).to_numpy())
-            return _with_objects(dets.filter(pa.array(emit)), self.reference_objects.iloc[obj[emit]])
+            emit = np.flatnonzero((obj >= 0) & self._inside(dets.column(SPATIAL_INDEX_COLUMN).to_numpy()))
+            # Sorted in the one copy that selects the rows, so the output need not be again.
+            emit = emit[np.argsort(self.reference_objects["index29"].to_numpy()[obj[emit]], kind="stable")]
+            return _with_objects(dets.take(emit), self.reference_objects.iloc[obj[emit]])
 
     def finish(self) -> tuple[pa.Table, pd.DataFrame]:
         """Cluster the detections that matched nothing, in time order, into
@@ -275,14 +278,18 @@ def _chunks(files: list[str], max_bytes: int) -> list[list[str]]:
     return chunks
 
 
-def _read_staged(files: list[str], excluded: np.ndarray) -> pa.Table | None:
-    """Staged rows from ``files``, without those of excluded units."""
+def _read_staged(files: list[str], excluded: np.ndarray, cutoffs: Cutoffs | None = None) -> pa.Table | None:
+    """Staged rows from ``files``, without those of excluded units and, given ``cutoffs``,
+    those a release with them may not show."""
     if not files:
         return None
     tables = [read_staged_file(f) for f in files]
     table = pa.concat_tables(tables, promote_options="permissive")
     keep = ~np.isin(table.column(UNIT_COLUMN).to_numpy(), excluded)
-    return table.filter(pa.array(keep))
+    if cutoffs is not None:
+        keep &= eligible(table.column("programid").to_numpy(), table.column("mjd").to_numpy(), cutoffs)
+    # One filter, and none when every row stays: each is a copy of the whole chunk.
+    return table if keep.all() else table.filter(pa.array(keep))
 
 
 class _Output:
@@ -298,9 +305,11 @@ class _Output:
         self._pending: list[pa.Table] = []
 
     def add(self, out: pa.Table) -> None:
-        self._pending.append(out)
-        if sum(t.num_rows for t in self._pending) >= OUTPUT_PART_ROWS:
+        # Parts already held are written first if ``out`` would take them past the limit:
+        # a large part (one chunk's matches, already sorted) is then written as it is.
+        if self._pending and sum(t.num_rows for t in self._pending) + out.num_rows > OUTPUT_PART_ROWS:
             self.flush()
+        self._pending.append(out)
 
     def flush(self) -> None:
         out = pa.concat_tables(self._pending, promote_options="permissive") if self._pending else None
@@ -308,11 +317,12 @@ class _Output:
         if out is None or out.num_rows == 0:
             return
         # Sorted by object position: the write step takes each partition's share of an
-        # owner's file by binary search, not the whole file. The rows come nearly in that
-        # order (staged by detection position), which numpy's timsort is fast on.
-        order = np.argsort(out.column(SPATIAL_INDEX_COLUMN).to_numpy(), kind="stable")
-        out = out.take(order)
+        # owner's file by binary search, not the whole file. Parts of several chunks, or
+        # of the clustering, are sorted here; one chunk's matches come sorted.
         index29 = out.column(SPATIAL_INDEX_COLUMN).to_numpy()
+        if np.any(index29[1:] < index29[:-1]):
+            order = np.argsort(index29, kind="stable")
+            out, index29 = out.take(order), index29[order]
         owners = pixel_of(index29, self.params.work_order)
         for start, end in runs(owners):
             name = f"{self.pixel}-{self.parts}{SORTED_RUN_SUFFIX}"
@@ -365,11 +375,7 @@ def match_pixel(
     files = staged_files(store, EPOCHS, pixel, batches)
     for chunk in _chunks(files, CHUNK_BYTES):
         with timer.step("read"):
-            dets = _read_staged(chunk, excluded_units)
-            mask = eligible(
-                dets.column("programid").to_numpy(), dets.column("mjd").to_numpy(), params.cutoffs
-            )
-            dets = dets.filter(pa.array(mask))
+            dets = _read_staged(chunk, excluded_units, params.cutoffs)
         matched = matcher.match(dets)
         with timer.step("write"):
             output.add(matched)

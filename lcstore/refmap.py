@@ -110,8 +110,7 @@ def write_field(
     field : int
         The ZTF field.
     pieces : list of str
-        The match step's refmap pieces (:func:`piece_file`) that hold
-        rows of the field.
+        The match step's refmap pieces (:func:`piece_file`) that hold rows of the field.
     previous_release : str or None
         The release this one builds on: its rows of the field emitted by work pixels not
         in ``rematched`` are kept.

@@ -204,7 +204,8 @@ def _cast_columns(data: pd.DataFrame | pa.Table, required: dict[str, pa.DataType
     for name, dtype in required.items():
         col = table.column(name)
         try:
-            columns.append(col.cast(dtype, safe=True))
+            # A cast to the type a column already has still copies it.
+            columns.append(col if col.type == dtype else col.cast(dtype, safe=True))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
             raise InputFileError(
                 path, f"column '{name}' has type {col.type}, cannot be read as {dtype}: {err}"

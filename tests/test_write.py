@@ -1,6 +1,7 @@
-"""The write step: object statistics computed in bounded batches equal those at once;
-the match step's sorted runs give back exactly the rows of any index range; release files
-carry the encodings, statistics and nullability their readers rely on."""
+"""The write step: object statistics computed in bounded batches equal those at once, and
+objects get theirs (zero counts without detections); the match step's sorted runs give
+back exactly the rows of any index range; release files carry the encodings, statistics
+and nullability their readers rely on."""
 
 import json
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from lcstore import schema, write
 from lcstore.healpix import SPATIAL_INDEX_COLUMN
+from lcstore.statistics import object_statistics
 
 
 @pytest.mark.parametrize("batch_rows", [1, 7, 100])
@@ -82,3 +84,35 @@ def test_a_null_in_a_required_column_is_refused_and_nothing_is_written(tmp_path)
     with pytest.raises(pa.ArrowInvalid, match="non-nullable"):
         write.atomic_write_table(table, path)
     assert not list(tmp_path.iterdir())
+
+
+def test_objects_get_their_statistics_and_objects_without_detections_get_zero_counts():
+    objects = pa.table(
+        {
+            schema.OBJECTID: pa.array([30, 10, 20], pa.int64()),
+            "ra": [1.0, 2.0, 3.0],
+            "dec": [0.0, 0.0, 0.0],
+            schema.HAS_REF: [True, True, False],
+            "nrefs": pa.array([1, 2, 0], pa.int16()),
+            SPATIAL_INDEX_COLUMN: pa.array([7, 5, 5], pa.int64()),
+        }
+    )
+    dets = pa.table(
+        {
+            "objectid": pa.array([20, 20, 30], pa.int64()),
+            "filtercode": ["zg", "zr", "zr"],
+            "mjd": [58000.0, 58001.0, 58002.0],
+            "mag": pa.array([18.0, 17.0, 16.0], pa.float32()),
+            "catflags": pa.array([0, 0, 4], pa.int32()),
+        }
+    )
+    table = write.with_statistics(objects, object_statistics(dets))
+    assert table.column(schema.OBJECTID).to_pylist() == [10, 20, 30]  # by (_healpix_29, objectid)
+    assert table.column_names[-1] == SPATIAL_INDEX_COLUMN and not any(f.nullable for f in table.schema)
+    rows = table.to_pandas().set_index(schema.OBJECTID)
+    assert rows.loc[10, ["nobs", "nobs_zg", "ngood_zr"]].tolist() == [0, 0, 0]
+    assert np.isnan(rows.loc[10, "mean_mag_zg"]) and np.isnan(rows.loc[10, "first_mjd_zr"])
+    assert rows.loc[20, ["nobs", "nobs_zg", "nobs_zr", "nrefs"]].tolist() == [2, 1, 1, 0]
+    assert rows.loc[30, ["nobs_zr", "ngood_zr"]].tolist() == [1, 0] and rows.loc[30, "last_mjd_zr"] == 58002.0
+    with pytest.raises(ValueError, match="twice"):
+        write.with_statistics(objects, pa.concat_tables([object_statistics(dets)] * 2))

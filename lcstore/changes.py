@@ -19,6 +19,8 @@ import itertools
 import cdshealpix.nested as cds
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from lcstore.healpix import index_range, pixel_of
 
@@ -112,9 +114,11 @@ def _unit_cell_pairs(units: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.nd
     """Every (unit, cell) pair of a ledger frame: the sorted unit IDs, and for each pair the
     position of its unit among them and its cell."""
     ids, rank = np.unique(units["unit"].to_numpy(dtype=np.int64), return_inverse=True)
-    cells = units["cells"].to_list()
-    counts = np.fromiter((len(c) for c in cells), dtype=np.int64, count=len(cells))
-    cell = np.concatenate(cells).astype(np.int64) if counts.sum() else np.zeros(0, dtype=np.int64)
+    column = units["cells"]  # Arrow lists as read_ledger gives them, or Python lists of ints
+    arrow = isinstance(column.dtype, pd.ArrowDtype)
+    cells = pa.array(column.array if arrow else column.to_list(), type=pa.list_(pa.int64()))
+    counts = pc.list_value_length(cells).to_numpy(zero_copy_only=False).astype(np.int64)
+    cell = pc.list_flatten(cells).to_numpy(zero_copy_only=False).astype(np.int64)
     return ids, np.repeat(rank, counts), cell
 
 

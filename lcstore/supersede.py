@@ -67,8 +67,12 @@ def select_units(ledger: pd.DataFrame, withdrawn: frozenset[str] = frozenset()) 
         SHA-256 of the withdrawn files.
     """
     gone = ledger["sha256"].isin(withdrawn)
-    epochs = ledger[~gone & (ledger["kind"] == EPOCHS)]
-    refs = ledger[~gone & (ledger["kind"] == REFS)]
+    # Only the columns the choice reads: each step below copies its frame, and the ledger
+    # has a row per unit ever staged (18.5 million for ZTF's images).
+    keys = [*schema.EXPOSURE_QUADRANT_KEY, "procversion", *schema.REF_CATALOG_KEY]
+    narrow = ledger[list(dict.fromkeys(["unit", "sha256", "path", *keys]))]
+    epochs = narrow[~gone & (ledger["kind"] == EPOCHS)]
+    refs = narrow[~gone & (ledger["kind"] == REFS)]
     e_sup, e_conf, e_msgs = _pick(epochs, list(schema.EXPOSURE_QUADRANT_KEY), "procversion")
     r_sup, r_conf, r_msgs = _pick(refs, list(schema.REF_CATALOG_KEY), None)
     # A reference catalog has no version: any other content for the same key is a conflict.

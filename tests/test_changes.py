@@ -5,6 +5,7 @@ import hashlib
 import cdshealpix.nested as cds
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -127,3 +128,7 @@ def test_fingerprints_equal_the_plain_pandas_computation(ledger):
         *[(u, cells_of([p[0] for p in pos], [p[1] for p in pos]) if pos else []) for u, pos in ledger]
     )
     assert fingerprints(frame, ORDER, "salt") == pandas_fingerprints(frame, ORDER, "salt")
+    # The same with the cells as read_ledger gives them: Arrow lists.
+    lists = pa.array(frame["cells"].to_list(), pa.list_(pa.int64()))
+    arrow = frame.assign(cells=pd.Series(pd.arrays.ArrowExtensionArray(lists), index=frame.index))
+    assert fingerprints(arrow, ORDER, "salt") == fingerprints(frame, ORDER, "salt")

@@ -50,7 +50,7 @@ from lcstore.io.ztf_products import (
     sniff_kind,
 )
 from lcstore.timing import StepTimer
-from lcstore.write import atomic_write_arrow, atomic_write_table, read_arrow
+from lcstore.write import atomic_write_arrow, atomic_write_table, cast_column, read_arrow
 
 #: Row column naming the ledger unit a staged row came from.
 UNIT_COLUMN = "_unit"
@@ -204,8 +204,7 @@ def _cast_columns(data: pd.DataFrame | pa.Table, required: dict[str, pa.DataType
     for name, dtype in required.items():
         col = table.column(name)
         try:
-            # A cast to the type a column already has still copies it.
-            columns.append(col if col.type == dtype else col.cast(dtype, safe=True))
+            columns.append(cast_column(col, dtype))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
             raise InputFileError(
                 path, f"column '{name}' has type {col.type}, cannot be read as {dtype}: {err}"

@@ -27,6 +27,48 @@ def _faults_while_churning(times: int = 100, nbytes: int = 1 << 20) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
+def _arrow_faults_while_churning(times: int = 20, blocks: int = 32, nbytes: int = 1 << 20) -> int:
+    """Page faults taken by allocating, touching and freeing ``blocks`` Arrow buffers of
+    ``nbytes``, ``times`` over, 50 ms apart (mimalloc, Arrow's allocator, returns freed
+    memory to the system 10 ms after a free by default)."""
+    import resource
+    import time
+
+    import numpy as np
+    import pyarrow as pa
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(times):
+        buffers = [pa.allocate_buffer(nbytes) for _ in range(blocks)]
+        for buffer in buffers:
+            np.frombuffer(buffer, dtype=np.uint8)[:] = 1
+        del buffers, buffer
+        time.sleep(0.05)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_the_build_workers_keep_the_memory_arrow_frees():
+    from lcstore.pipeline import dask_client
+
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.path.insert(0, {tests!r})
+        from test_allocator import _arrow_faults_while_churning
+        _arrow_faults_while_churning()
+        print(_arrow_faults_while_churning())
+        """
+    ).format(tests=os.path.dirname(__file__))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MIMALLOC_")}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    default = int(out.stdout)
+    assert default >= 300  # Arrow's freed memory returned, and faulted in again
+    with dask_client(workers=1) as client:
+        client.run(_arrow_faults_while_churning)
+        kept = client.run(_arrow_faults_while_churning)
+    assert all(n < default // 10 for n in kept.values()), (default, kept)
+
+
 def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     # As a Dask nanny starts its worker: MALLOC_TRIM_THRESHOLD_ set, which freezes glibc's
     # mmap threshold at 128 KiB.

@@ -18,6 +18,7 @@ from dask.utils import parse_bytes
 from dask_jobqueue import PBSCluster, SLURMCluster
 from dask_jobqueue.core import Job
 
+from lcstore.allocator import WORKER_ENVIRONMENT
 from lcstore.cli import main as lcstore_main
 from lcstore.schedule import load_schedule
 from lcstore.simulate import load_truth
@@ -26,6 +27,11 @@ from lcstore.store import Store
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 LAUNCHER = CLUSTER / "slurm" / "run_release.py"
+#: The workers' environment as lcstore's own LocalCluster sets it (pipeline.dask_client).
+WORKER_EXPORTS = [
+    *(f"export {name}={value}" for name, value in WORKER_ENVIRONMENT.items()),
+    "export DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False",
+]
 #: The scheduler of a test cluster listens on loopback only, with a random dashboard port.
 LOOPBACK = {"host": "127.0.0.1", "dashboard_address": ":0"}
 
@@ -67,6 +73,7 @@ def test_slurm_job_script_from_the_config(jobqueue_config):
         "#SBATCH --mem=64G",
         "#SBATCH -t 04:00:00",
         "#SBATCH --export=ALL",
+        *WORKER_EXPORTS,
     ]:
         assert expected in lines
     (command,) = [line for line in lines if "distributed.cli.dask_worker" in line]
@@ -98,6 +105,7 @@ def test_pbs_job_script_from_the_config(jobqueue_config):
         "#PBS -l select=1:ncpus=8:mem=64GB",
         "#PBS -l walltime=04:00:00",
         "#PBS -V",
+        *WORKER_EXPORTS,
     ]:
         assert expected in lines
     (command,) = [line for line in lines if "distributed.cli.dask_worker" in line]
@@ -230,7 +238,11 @@ def test_release_job_manifest(tmp_path):
     (schedule_volume,) = [v for v in pod["volumes"] if v["name"] == "schedule"]
     assert schedule_volume["configMap"]["name"] == config_map["metadata"]["name"]
     # The job's working directory is where the Dockerfile puts the repository.
-    assert f"WORKDIR {container['workingDir']}" in (CLUSTER / "Dockerfile").read_text()
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    assert f"WORKDIR {container['workingDir']}" in dockerfile
+    # The image's environment is the workers' of lcstore's own LocalCluster.
+    for export in WORKER_EXPORTS:
+        assert f"    {export.removeprefix('export ')}" in dockerfile
     assert container["image"] == cluster["DaskCluster"]["spec"]["worker"]["spec"]["containers"][0]["image"]
 
     # The schedule is valid, and points at the DaskCluster's scheduler Service.

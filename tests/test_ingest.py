@@ -124,7 +124,8 @@ _MUTATIONS = {
     "expid": [0, 1],
     "procversion": [2],
     "field": [999],
-    "sourceid": [0, 1],
+    "sourceid": [0, 1],  # another row's sourceid: a repeated detection
+    "sourceid order": [0, 1],  # two rows' sourceids exchanged: out of order, still distinct
     "programid": [0, 2, 4],
     "filtercode": ["zr", "zi", "g"],
 }
@@ -146,13 +147,18 @@ def test_screen_never_lets_through_what_validation_refuses(tmp_path_factory, goo
     frames = [good_epoch.assign(expid=good_epoch["expid"] + 10 * i) for i in range(6)]
     for file, row, column, value in changes:
         frame = frames[file]
-        choices = _MUTATIONS[column]
-        values = frame[column].to_numpy().copy()
+        choice = _MUTATIONS[column][value % len(_MUTATIONS[column])]
+        target = column.split()[0]
+        values = frame[target].to_numpy().copy()
+        row %= len(values)
         if column == "sourceid":
-            values[row % len(values)] = values[choices[value % len(choices)] % len(values)]
+            values[row] = values[choice % len(values)]
+        elif column == "sourceid order":
+            other = choice % len(values)
+            values[[row, other]] = values[[other, row]]
         else:
-            values[row % len(values)] = choices[value % len(choices)]
-        frames[file] = frame.assign(**{column: values})
+            values[row] = choice
+        frames[file] = frame.assign(**{target: values})
     folder = tmp_path_factory.mktemp("screen")
     paths = [_write(frame, folder / f"f{i}.parquet") for i, frame in enumerate(frames)]
     assert [_outcome(r) for r in read_files(EPOCHS, paths)] == _one_by_one(paths)

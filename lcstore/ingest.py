@@ -611,17 +611,23 @@ def stage_batch(
             index = index[order]
             pixels = pixel_of(index, work_order)
         with timer.step("shuffle-write"):
-            margins: dict[int, list[pa.Table]] = {}
+            margins: dict[int, list[np.ndarray]] = {}  # neighbour -> rows of the batch in its band
             for start, end in runs(pixels):
                 pixel = int(pixels[start])
                 part = table.slice(start, end - start)
                 atomic_write_arrow(part, staging_dir(store, kind, pixel) / f"{batch}{STAGING_SUFFIX}", "lz4")
                 band = margin_rows(index[start:end], work_order, pixel, margin_arcsec)
                 for nbr, positions in band.items():
-                    margins.setdefault(nbr, []).append(part.take(positions))
-            for nbr, parts in margins.items():
+                    margins.setdefault(nbr, []).append(positions + start)
+            # Every margin row in one take (a take per pixel and neighbour cost more than the
+            # rows: a third of this step), then each neighbour's share.
+            rows = {nbr: np.concatenate(positions) for nbr, positions in margins.items()}
+            taken = table.take(np.concatenate(list(rows.values()))) if rows else None
+            offset = 0
+            for nbr, positions in rows.items():
                 path = staging_dir(store, kind, nbr, margin=True) / f"{batch}{STAGING_SUFFIX}"
-                atomic_write_arrow(pa.concat_tables(parts), path, "lz4")
+                atomic_write_arrow(taken.slice(offset, len(positions)), path, "lz4")
+                offset += len(positions)
         rows = table.num_rows
     # The ledger file is written last: it is what makes the batch's staging files count.
     atomic_write_table(

@@ -32,7 +32,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def lcstore_build(survey: Path, store: Path, workers: int, rows: int) -> dict:
+def lcstore_build(survey: Path, store: Path, workers: int, rows: int, object_rows: int) -> dict:
     shutil.rmtree(store, ignore_errors=True)
     config = BuildConfig(
         epochs_dir=str(survey / "epochs"),
@@ -41,7 +41,7 @@ def lcstore_build(survey: Path, store: Path, workers: int, rows: int) -> dict:
         release="DR1",
         cutoffs=Cutoffs(FAR, FAR),
         detection_partition_rows=rows,
-        object_partition_rows=rows // 10,
+        object_partition_rows=object_rows,
     )
     with dask_client(workers=workers) as client:
         # The workers' peak memory so far at the end of each step: which step sets the peak.
@@ -98,13 +98,21 @@ def main() -> None:
     parser.add_argument("--survey", type=Path, required=True)
     parser.add_argument("--work", type=Path, default=Path("/tmp/lcstore-bench-build"))
     parser.add_argument("--workers", type=int, nargs="+", default=[2])
-    parser.add_argument("--partition-rows", type=int, default=500_000)
+    parser.add_argument("--partition-rows", type=int, default=500_000, help="detections per partition")
+    parser.add_argument(
+        "--object-partition-rows",
+        type=int,
+        help="objects per partition (default: a tenth of --partition-rows; lcstore's own defaults "
+        "are 2,000,000 detections and 1,000,000 objects)",
+    )
     parser.add_argument("--lsdb", action="store_true", help="also time the straightforward lsdb pipeline")
     args = parser.parse_args()
     results = {"lcstore": []}
     for n in args.workers:
         print(f"lcstore build, {n} worker(s)", flush=True)
-        results["lcstore"].append(lcstore_build(args.survey, args.work / f"store{n}", n, args.partition_rows))
+        object_rows = args.object_partition_rows or args.partition_rows // 10
+        store = args.work / f"store{n}"
+        results["lcstore"].append(lcstore_build(args.survey, store, n, args.partition_rows, object_rows))
     if args.lsdb:
         print("lsdb pipeline", flush=True)
         from dask.distributed import Client, LocalCluster

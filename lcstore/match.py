@@ -429,23 +429,24 @@ DETECTION_DIGEST_COLUMNS = [
 OBJECT_DIGEST_COLUMNS = [schema.OBJECTID, "ra", "dec", schema.HAS_REF, "nrefs"]
 
 
-def _as_int64(values: np.ndarray) -> np.ndarray:
-    """Exact int64 image of a column: integers as they are, floats by their bits."""
-    if np.issubdtype(values.dtype, np.floating):
-        return values.astype(np.float64).view(np.int64)
-    return values.astype(np.int64)
-
-
 _M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
 _S1, _S2, _S3 = np.uint64(30), np.uint64(27), np.uint64(31)
 
 
 @numba.njit(cache=True)
-def _mix_into(row_hash: np.ndarray, bits: np.ndarray, multiplier: np.uint64) -> None:
-    """``row_hash ^= hash(bits) * multiplier``, with the 64-bit hash of
-    ``pandas.util.hash_array`` (splitmix64's finaliser), in one pass."""
-    for i in range(len(bits)):
-        x = bits[i]
+def _mix_into(row_hash: np.ndarray, values: np.ndarray, is_float: bool, multiplier: np.uint64) -> None:
+    """``row_hash ^= hash(v) * multiplier`` for each value ``v``, with the 64-bit hash of
+    ``pandas.util.hash_array`` (splitmix64's finaliser) of the value's exact int64 image:
+    an integer as it is, a float by the bits of its float64 value. One pass, the column
+    not converted first."""
+    as_float = np.empty(1, dtype=np.float64)
+    as_bits = as_float.view(np.uint64)
+    for i in range(len(values)):
+        if is_float:
+            as_float[0] = values[i]
+            x = as_bits[0]
+        else:
+            x = np.uint64(np.int64(values[i]))
         x ^= x >> _S1
         x *= _M1
         x ^= x >> _S2
@@ -467,11 +468,12 @@ def cell_sums(table: pa.Table, columns: list[str], order: int) -> dict[int, tupl
     cells = pixel_of(table.column(SPATIAL_INDEX_COLUMN).to_numpy(), order)
     row_hash = np.zeros(table.num_rows, dtype=np.uint64)
     for i, c in enumerate(columns):
-        values = _as_int64(table.column(c).to_numpy(zero_copy_only=False))
+        values = table.column(c).to_numpy(zero_copy_only=False)
         # Distinct multipliers per column so that swapping two columns' values shows.
-        _mix_into(row_hash, values.view(np.uint64), np.uint64(2 * i + 1))
-    order_ = np.argsort(cells, kind="stable")
-    cells, row_hash = cells[order_], row_hash[order_]
+        _mix_into(row_hash, values, np.issubdtype(values.dtype, np.floating), np.uint64(2 * i + 1))
+    if np.any(cells[1:] < cells[:-1]):  # the match output comes sorted
+        order_ = np.argsort(cells, kind="stable")
+        cells, row_hash = cells[order_], row_hash[order_]
     starts = np.flatnonzero(np.r_[True, np.diff(cells) != 0])
     sums = np.add.reduceat(row_hash, starts)
     counts = np.diff(np.r_[starts, len(cells)])

@@ -95,9 +95,11 @@ def test_cell_sums_are_sums_of_pandas_row_hashes():
             "mag": rng.normal(18, 2, n).astype(np.float32),
             "mjd": rng.uniform(58000, 60000, n),
             "flag": rng.random(n) < 0.5,
+            "ccd": rng.integers(-128, 128, n).astype(np.int8),
+            "version": rng.integers(-(2**15), 2**15, n).astype(np.int16),
         }
     )
-    columns = ["id", "mag", "mjd", "flag"]
+    columns = ["id", "mag", "mjd", "flag", "ccd", "version"]
     row_hash = np.zeros(n, dtype=np.uint64)
     for i, c in enumerate(columns):
         values = table.column(c).to_numpy()
@@ -111,3 +113,4 @@ def test_cell_sums_are_sums_of_pandas_row_hashes():
         for c in np.unique(cells)
     }
     assert cell_sums(table, columns, 3) == expected
+    assert cell_sums(table.take(rng.permutation(n)), columns, 3) == expected  # rows in any order

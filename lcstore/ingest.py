@@ -50,7 +50,7 @@ from lcstore.io.ztf_products import (
     sniff_kind,
 )
 from lcstore.timing import StepTimer
-from lcstore.write import atomic_write_arrow, atomic_write_table, cast_column, read_arrow
+from lcstore.write import atomic_write_arrow, atomic_write_table, cast_column, read_arrow, take_rows
 
 #: Row column naming the ledger unit a staged row came from.
 UNIT_COLUMN = "_unit"
@@ -608,7 +608,7 @@ def stage_batch(
             # Rows at one order-29 index may come in any order: nothing reads staged rows
             # in their order but by their index (and the unstable sort is 2.7x faster).
             order = np.argsort(index)
-            table = table.take(order)
+            table = take_rows(table, order)
             index = index[order]
             pixels = pixel_of(index, work_order)
         with timer.step("shuffle-write"):
@@ -623,7 +623,7 @@ def stage_batch(
             # Every margin row in one take (a take per pixel and neighbour cost more than the
             # rows: a third of this step), then each neighbour's share.
             rows = {nbr: np.concatenate(positions) for nbr, positions in margins.items()}
-            taken = table.take(np.concatenate(list(rows.values()))) if rows else None
+            taken = take_rows(table, np.concatenate(list(rows.values()))) if rows else None
             offset = 0
             for nbr, positions in rows.items():
                 path = staging_dir(store, kind, nbr, margin=True) / f"{batch}{STAGING_SUFFIX}"

@@ -43,7 +43,7 @@ from lcstore.ingest import EPOCHS, REFS, UNIT_COLUMN, read_staged_file, staged_f
 from lcstore.refmap import fields_of, piece_file, sort_by_oid
 from lcstore.timing import StepTimer
 from lcstore.transients import leader_cluster
-from lcstore.write import SORTED_RUN_SUFFIX, objects_run, write_sorted_run
+from lcstore.write import SORTED_RUN_SUFFIX, objects_run, take_rows, write_sorted_run
 
 #: Version of what the match step makes of given staged rows. It is part of every work
 #: pixel's fingerprint: a new version rematches every pixel of a store's next build.
@@ -223,7 +223,7 @@ class PixelMatch:
             emit = np.flatnonzero((obj >= 0) & self._inside(dets.column(SPATIAL_INDEX_COLUMN).to_numpy()))
             # Sorted in the one copy that selects the rows, so the output need not be again.
             emit = emit[np.argsort(self.reference_objects["index29"].to_numpy()[obj[emit]], kind="stable")]
-            return _with_objects(dets.take(emit), self.reference_objects, obj[emit])
+            return _with_objects(take_rows(dets, emit), self.reference_objects, obj[emit])
 
     def finish(self) -> tuple[pa.Table, pd.DataFrame]:
         """Cluster the detections that matched nothing, in time order, into
@@ -329,7 +329,7 @@ class _Output:
         index29 = out.column(SPATIAL_INDEX_COLUMN).to_numpy()
         if np.any(index29[1:] < index29[:-1]):
             order = np.argsort(index29, kind="stable")
-            out, index29 = out.take(order), index29[order]
+            out, index29 = take_rows(out, order), index29[order]
         owners = pixel_of(index29, self.params.work_order)
         for start, end in runs(owners):
             name = f"{self.pixel}-{self.parts}{SORTED_RUN_SUFFIX}"

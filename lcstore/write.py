@@ -26,6 +26,7 @@ from pathlib import Path
 import hats
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 from hats.catalog import PartitionInfo, TableProperties
@@ -238,6 +239,21 @@ def cast_column(column: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
     return column if column.type == to else column.cast(to)
 
 
+def take_rows(table: pa.Table, rows: np.ndarray | pa.Array) -> pa.Table:
+    """``table.take(rows)``, with the rows checked against the table's length once instead
+    of once per column (a quarter of the time of a take of the release's columns).
+
+    Raises
+    ------
+    IndexError
+        If a row is negative or not below ``table.num_rows``.
+    """
+    rows = rows.to_numpy() if isinstance(rows, pa.Array) else np.asarray(rows)
+    if len(rows) and (rows.min() < 0 or rows.max() >= table.num_rows):
+        raise IndexError(f"rows {rows.min()}..{rows.max()} of a table of {table.num_rows} rows")
+    return pc.take(table, pa.array(rows), boundscheck=False)
+
+
 def conform(table: pa.Table, target: pa.Schema) -> pa.Table:
     """Cast ``table`` to ``target``, adding null columns it lacks, in the target's order."""
     columns, present = [], set(table.column_names)  # column_names is rebuilt at each call
@@ -251,7 +267,7 @@ def conform(table: pa.Table, target: pa.Schema) -> pa.Table:
 
 def sort_lightcurves(table: pa.Table) -> pa.Table:
     """Sort rows so each object's detections are contiguous and in time order."""
-    return table.sort_by([(c, "ascending") for c in _SORT_COLUMNS])
+    return take_rows(table, pc.sort_indices(table, sort_keys=[(c, "ascending") for c in _SORT_COLUMNS]))
 
 
 def write_detection_partition(

@@ -116,3 +116,14 @@ def test_objects_get_their_statistics_and_objects_without_detections_get_zero_co
     assert rows.loc[30, ["nobs_zr", "ngood_zr"]].tolist() == [1, 0] and rows.loc[30, "last_mjd_zr"] == 58002.0
     with pytest.raises(ValueError, match="twice"):
         write.with_statistics(objects, pa.concat_tables([object_statistics(dets)] * 2))
+
+
+def test_take_rows_is_a_take_with_one_bounds_check():
+    table = pa.table({"a": np.arange(5), "b": list("vwxyz")})
+    rows = np.array([4, 0, 0, 2])
+    assert write.take_rows(table, rows).equals(table.take(rows))
+    assert write.take_rows(table, pa.array(rows, type=pa.uint64())).equals(table.take(rows))
+    assert write.take_rows(table, np.array([], dtype=np.int64)).num_rows == 0
+    for bad in ([0, 5], [-1, 2]):
+        with pytest.raises(IndexError, match="of a table of 5 rows"):
+            write.take_rows(table, np.array(bad))

@@ -622,10 +622,10 @@ def stage_batch(
                     margins.setdefault(nbr, []).append(positions + start)
             # Every margin row in one take (a take per pixel and neighbour cost more than the
             # rows: a third of this step), then each neighbour's share.
-            rows = {nbr: np.concatenate(positions) for nbr, positions in margins.items()}
-            taken = take_rows(table, np.concatenate(list(rows.values()))) if rows else None
+            bands = {nbr: np.concatenate(positions) for nbr, positions in margins.items()}
+            taken = take_rows(table, np.concatenate(list(bands.values()))) if bands else None
             offset = 0
-            for nbr, positions in rows.items():
+            for nbr, positions in bands.items():
                 path = staging_dir(store, kind, nbr, margin=True) / f"{batch}{STAGING_SUFFIX}"
                 atomic_write_arrow(taken.slice(offset, len(positions)), path, "lz4")
                 offset += len(positions)

@@ -27,9 +27,11 @@ from lcstore.write import (
     ROW_GROUP_ROWS,
     SORTED_RUN_SUFFIX,
     atomic_write_table,
+    in_range,
     position_emitter,
     read_sorted_run,
     rows_not_rematched,
+    take_rows,
 )
 
 #: Folder of a release's refmap files.
@@ -92,7 +94,7 @@ def fields_of(oids: np.ndarray) -> tuple[int, ...]:
 
 def sort_by_oid(table: pa.Table) -> pa.Table:
     """Rows in ``ztf_oid`` order (numpy's sort and a take: a third of ``Table.sort_by``)."""
-    return table.take(np.argsort(table.column("ztf_oid").to_numpy(), kind="stable"))
+    return take_rows(table, np.argsort(table.column("ztf_oid").to_numpy(), kind="stable"))
 
 
 def write_field(
@@ -124,7 +126,7 @@ def write_field(
     if previous_release is not None:
         old_file = file_for_oid(previous_release, lo)
         if old_file.is_file():
-            old = pq.read_table(old_file, filters=[("ztf_oid", ">=", lo), ("ztf_oid", "<", hi)])
+            old = pq.read_table(old_file, filters=in_range(lo, hi, "ztf_oid"))
             tables.append(rows_not_rematched(old, position_emitter, rematched, work_order))
     rows = sum(t.num_rows for t in tables)
     if rows:

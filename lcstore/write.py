@@ -192,10 +192,10 @@ def objects_run(work_dir: str | Path, pixel: int) -> Path:
     return Path(work_dir) / "objects" / f"{pixel}{SORTED_RUN_SUFFIX}"
 
 
-def _in_range(lo: int, hi: int) -> list[tuple]:
-    """Parquet filter for rows with ``lo <= _healpix_29 < hi``; it skips row groups by their
+def in_range(lo: int, hi: int, column: str = SPATIAL_INDEX_COLUMN) -> list[tuple]:
+    """Parquet filter for rows with ``lo <= column < hi``; it skips row groups by their
     statistics."""
-    return [(SPATIAL_INDEX_COLUMN, ">=", lo), (SPATIAL_INDEX_COLUMN, "<", hi)]
+    return [(column, ">=", lo), (column, "<", hi)]
 
 
 def _kept_rows(
@@ -208,7 +208,7 @@ def _kept_rows(
     tables = []
     for part in overlapping(list(sources.previous_parts), order, pixel):
         path = paths.pixel_catalog_file(sources.previous_dir, HealpixPixel(*part))
-        t = pq.read_table(path, filters=_in_range(lo, hi))
+        t = pq.read_table(path, filters=in_range(lo, hi))
         tables.append(rows_not_rematched(t, emitter_of, sources.rematched, sources.work_order))
     return tables
 
@@ -370,7 +370,7 @@ def with_statistics(objects: pa.Table, stats: pa.Table) -> pa.Table:
     bands' counts; ``_healpix_29`` comes last. No column is nullable.
     """
     keys = [objects.column(c).to_numpy() for c in (schema.OBJECTID, SPATIAL_INDEX_COLUMN)]
-    objects = objects.take(np.lexsort(keys))
+    objects = take_rows(objects, np.lexsort(keys))
     stat_ids, ids = (t.column(schema.OBJECTID).to_numpy() for t in (stats, objects))
     rows, found = _rows_of(stat_ids, ids)
     columns = {name: objects.column(name) for name in objects.column_names if name != SPATIAL_INDEX_COLUMN}

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numba
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -108,12 +107,14 @@ def _unique_ids(ids: np.ndarray) -> np.ndarray:
         ids[order[dup]] += 1
 
 
-def catalog_rank(refs: pd.DataFrame) -> np.ndarray:
+def catalog_rank(refs: pa.Table) -> np.ndarray:
     """Rank of each reference source's catalog in the order of its key
     (:data:`lcstore.schema.REF_CATALOG_KEY`; filters in :data:`lcstore.schema.FILTERCODES`
     order)."""
-    filters = pd.Categorical(refs["filtercode"], categories=schema.FILTERCODES).codes
-    keys = [filters if c == "filtercode" else refs[c].to_numpy() for c in schema.REF_CATALOG_KEY]
+    keys = [
+        filter_rank(refs.column(c)) if c == "filtercode" else refs.column(c).to_numpy()
+        for c in schema.REF_CATALOG_KEY
+    ]
     order = np.lexsort(keys[::-1])
     starts = np.zeros(len(order), dtype=bool)
     for key in keys:
@@ -124,31 +125,51 @@ def catalog_rank(refs: pd.DataFrame) -> np.ndarray:
     return rank
 
 
+def filter_rank(codes: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Position of each filter code in :data:`lcstore.schema.FILTERCODES` (validated codes)."""
+    names = pa.array(schema.FILTERCODES, type=codes.type)
+    return pc.index_in(codes, value_set=names).to_numpy(zero_copy_only=False)
+
+
 def _time_order(dets: pa.Table) -> np.ndarray:
     """Row order by (mjd, expid, ccdid, qid, sourceid): a property of the data alone."""
     keys = ["mjd", *schema.DETECTION_KEY]
     return np.lexsort([dets.column(c).to_numpy() for c in reversed(keys)])
 
 
-def _with_objects(dets: pa.Table, objects: pd.DataFrame, rows: np.ndarray) -> pa.Table:
+#: Columns of a pixel's objects, in the order of the match step's objects files.
+OBJECT_COLUMNS = (schema.OBJECTID, "ra", "dec", schema.HAS_REF, "nrefs", SPATIAL_INDEX_COLUMN)
+
+#: Objects as numpy arrays, one per :data:`OBJECT_COLUMNS` name.
+Objects = dict[str, np.ndarray]
+
+
+def _objects(
+    ids: np.ndarray, ra: np.ndarray, dec: np.ndarray, index29: np.ndarray, nrefs: np.ndarray
+) -> Objects:
+    return {
+        schema.OBJECTID: ids,
+        "ra": ra,
+        "dec": dec,
+        schema.HAS_REF: nrefs > 0,
+        "nrefs": nrefs.astype(np.int16),
+        SPATIAL_INDEX_COLUMN: index29,
+    }
+
+
+def _with_objects(dets: pa.Table, objects: Objects, rows: np.ndarray) -> pa.Table:
     """Detections with their objects' columns (detection i is of object ``rows[i]``); the
     ``_healpix_29`` column becomes the object's, so a lightcurve stays in one partition."""
 
     def column(name: str) -> pa.Array:
-        return pa.array(objects[name].to_numpy()[rows])
+        return pa.array(objects[name][rows])
 
     out = dets.drop_columns([UNIT_COLUMN, SPATIAL_INDEX_COLUMN])
     out = out.add_column(0, schema.OBJECTID, column(schema.OBJECTID))
-    out = out.append_column(schema.HAS_REF, column("has_ref"))
+    out = out.append_column(schema.HAS_REF, column(schema.HAS_REF))
     out = out.append_column(schema.OBJECT_RA, column("ra"))
     out = out.append_column(schema.OBJECT_DEC, column("dec"))
-    return out.append_column(SPATIAL_INDEX_COLUMN, column("index29"))
-
-
-def _objects(ra: np.ndarray, dec: np.ndarray, index29: np.ndarray, nrefs: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame(
-        {"ra": ra, "dec": dec, "index29": index29, "has_ref": nrefs > 0, "nrefs": nrefs.astype(np.int16)}
-    )
+    return out.append_column(SPATIAL_INDEX_COLUMN, column(SPATIAL_INDEX_COLUMN))
 
 
 class PixelMatch:
@@ -160,7 +181,7 @@ class PixelMatch:
 
     Parameters
     ----------
-    refs : pandas.DataFrame
+    refs : pyarrow.Table
         Reference sources of the pixel and its margin (input schema plus ``_healpix_29``).
     pixel : int
         The work pixel, at ``params.work_order``.
@@ -169,42 +190,42 @@ class PixelMatch:
         Receives the seconds spent associating, matching and clustering.
     """
 
-    def __init__(self, refs: pd.DataFrame, pixel: int, params: MatchParams, timer: StepTimer | None = None):
+    def __init__(self, refs: pa.Table, pixel: int, params: MatchParams, timer: StepTimer | None = None):
         self.pixel, self.params = pixel, params
         self.timer = timer or StepTimer()
         with self.timer.step("associate"):
             self._associate(refs)
         self._unmatched: list[pa.Table] = []
 
-    def _associate(self, refs: pd.DataFrame) -> None:
+    def _associate(self, refs: pa.Table) -> None:
         """The pixel's reference objects, their unit vectors and the refmap."""
-        assoc = associate_references(
-            refs["ra"].to_numpy(), refs["dec"].to_numpy(), catalog_rank(refs), self.params.radius_arcsec
-        )
-        seeds = refs.iloc[assoc.seed]
+        ra, dec = refs.column("ra").to_numpy(), refs.column("dec").to_numpy()
+        assoc = associate_references(ra, dec, catalog_rank(refs), self.params.radius_arcsec)
+        index29 = refs.column(SPATIAL_INDEX_COLUMN).to_numpy()[assoc.seed]
         self.reference_objects = _objects(
-            seeds["ra"].to_numpy(),
-            seeds["dec"].to_numpy(),
-            seeds[SPATIAL_INDEX_COLUMN].to_numpy(),
+            _unique_ids(index29),
+            ra[assoc.seed],
+            dec[assoc.seed],
+            index29,
             np.bincount(assoc.source_object, minlength=len(assoc.seed)),
         )
-        self.reference_objects[schema.OBJECTID] = _unique_ids(self.reference_objects["index29"].to_numpy())
         self._xyz = unit_vectors(self.reference_objects["ra"], self.reference_objects["dec"])
         self.refmap = self._refmap(refs, assoc.source_object)
 
     def _inside(self, index29: np.ndarray) -> np.ndarray:
         return pixel_of(index29, self.params.work_order) == self.pixel
 
-    def _refmap(self, refs: pd.DataFrame, source_object: np.ndarray) -> pd.DataFrame:
-        """Reference sources inside the pixel, with their object and ZTF object ID."""
-        inside = self._inside(refs[SPATIAL_INDEX_COLUMN].to_numpy())
-        refmap = refs.loc[inside, ["field", "ccdid", "qid", "filtercode", "refsid", "ra", "dec"]].copy()
-        refmap["filtercode"] = refmap["filtercode"].astype(pd.ArrowDtype(pa.string()))
-        ids = self.reference_objects[schema.OBJECTID].to_numpy()
-        refmap[schema.OBJECTID] = ids[source_object[inside]]
-        key = [refmap[c].to_numpy() for c in ("field", "filtercode", "ccdid", "qid", "refsid")]
-        refmap.insert(0, "ztf_oid", schema.ztf_objectid(*key))
-        return refmap[schema.REFMAP_SCHEMA.names]
+    def _refmap(self, refs: pa.Table, source_object: np.ndarray) -> pa.Table:
+        """Reference sources inside the pixel, with their object and ZTF object ID, in
+        ``ztf_oid`` order."""
+        inside = np.flatnonzero(self._inside(refs.column(SPATIAL_INDEX_COLUMN).to_numpy()))
+        # The refmap's columns between ztf_oid and objectid, as the reference catalogs have them.
+        refmap = take_rows(refs.select(schema.REFMAP_SCHEMA.names[1:-1]), inside)
+        key = [refmap.column(c) for c in ("field", "filtercode", "ccdid", "qid", "refsid")]
+        refmap = refmap.add_column(0, "ztf_oid", pa.array(schema.ztf_objectid(*key), type=pa.int64()))
+        ids = self.reference_objects[schema.OBJECTID][source_object[inside]]
+        refmap = refmap.append_column(schema.OBJECTID, pa.array(ids, type=pa.int64()))
+        return sort_by_oid(refmap.cast(schema.REFMAP_SCHEMA))
 
     def match(self, dets: pa.Table) -> pa.Table:
         """Match a chunk of eligible detections of the pixel and its margin.
@@ -222,10 +243,10 @@ class PixelMatch:
             self._unmatched.append(dets.take(np.flatnonzero(obj < 0)))  # few: a take, not a filter
             emit = np.flatnonzero((obj >= 0) & self._inside(dets.column(SPATIAL_INDEX_COLUMN).to_numpy()))
             # Sorted in the one copy that selects the rows, so the output need not be again.
-            emit = emit[np.argsort(self.reference_objects["index29"].to_numpy()[obj[emit]], kind="stable")]
+            emit = emit[np.argsort(self.reference_objects[SPATIAL_INDEX_COLUMN][obj[emit]], kind="stable")]
             return _with_objects(take_rows(dets, emit), self.reference_objects, obj[emit])
 
-    def finish(self) -> tuple[pa.Table, pd.DataFrame]:
+    def finish(self) -> tuple[pa.Table, pa.Table]:
         """Cluster the detections that matched nothing, in time order, into
         detection-only objects.
 
@@ -233,13 +254,14 @@ class PixelMatch:
         -------
         detections : pyarrow.Table
             Those detections inside the pixel, with their object's columns.
-        objects : pandas.DataFrame
-            Every object (reference or detection-only) seeded inside the pixel.
+        objects : pyarrow.Table
+            Every object (reference or detection-only) seeded inside the pixel, with the
+            :data:`OBJECT_COLUMNS`, sorted by ``_healpix_29``.
         """
         with self.timer.step("cluster"):
             return self._cluster()
 
-    def _cluster(self) -> tuple[pa.Table, pd.DataFrame]:
+    def _cluster(self) -> tuple[pa.Table, pa.Table]:
         unmatched = pa.concat_tables(self._unmatched or [_empty_detections()], promote_options="permissive")
         self._unmatched = []
         by_time = _time_order(unmatched)
@@ -249,24 +271,23 @@ class PixelMatch:
         seed_ranks, cluster = np.unique(leader, return_inverse=True)
         seeds = by_time[seed_ranks]
         index29 = unmatched.column(SPATIAL_INDEX_COLUMN).to_numpy()
+        known = self.reference_objects[schema.OBJECTID]
         new = _objects(
+            _unique_ids(np.concatenate([known, index29[seeds]]))[len(known) :],
             unmatched.column("ra").to_numpy()[seeds],
             unmatched.column("dec").to_numpy()[seeds],
             index29[seeds],
             np.zeros(len(seeds), dtype=np.int16),
         )
-        known = self.reference_objects[schema.OBJECTID].to_numpy()
-        new[schema.OBJECTID] = _unique_ids(np.concatenate([known, new["index29"].to_numpy()]))[len(known) :]
         object_of = np.empty(len(by_time), dtype=np.int64)
         object_of[by_time] = cluster
         emit = self._inside(index29)
         detections = _with_objects(unmatched.filter(pa.array(emit)), new, object_of[emit])
 
-        objects = pd.concat([self.reference_objects, new], ignore_index=True)
-        own = objects[self._inside(objects["index29"].to_numpy())]
-        own = own.rename(columns={"index29": SPATIAL_INDEX_COLUMN})
-        own = own[[schema.OBJECTID, "ra", "dec", schema.HAS_REF, "nrefs", SPATIAL_INDEX_COLUMN]]
-        return detections, own.reset_index(drop=True)
+        objects = {c: np.concatenate([self.reference_objects[c], new[c]]) for c in OBJECT_COLUMNS}
+        own = np.flatnonzero(self._inside(objects[SPATIAL_INDEX_COLUMN]))
+        own = own[np.argsort(objects[SPATIAL_INDEX_COLUMN][own], kind="stable")]
+        return detections, pa.table({c: objects[c][own] for c in OBJECT_COLUMNS})
 
 
 def _chunks(files: list[str], max_bytes: int) -> list[list[str]]:
@@ -368,15 +389,9 @@ def match_pixel(
     timer = StepTimer()
     with timer.step("read"):
         files = staged_files(store, REFS, pixel, batches)
-        refs_table = _read_staged(files, excluded_units)
-        refs = (
-            refs_table.to_pandas()
-            if refs_table is not None
-            else pd.DataFrame(
-                {c: pd.Series(dtype=t.to_pandas_dtype()) for c, t in schema.REF_COLUMNS.items()}
-                | {SPATIAL_INDEX_COLUMN: pd.Series(dtype=np.int64)}
-            )
-        )
+        refs = _read_staged(files, excluded_units)
+        if refs is None:
+            refs = pa.schema([*schema.REF_COLUMNS.items(), (SPATIAL_INDEX_COLUMN, pa.int64())]).empty_table()
     matcher = PixelMatch(refs, pixel, params, timer)
     output = _Output(work_dir, pixel, params)
     files = staged_files(store, EPOCHS, pixel, batches)
@@ -390,31 +405,28 @@ def match_pixel(
     with timer.step("write"):
         output.add(orphans)
         output.flush()
-        by_position = objects.sort_values(SPATIAL_INDEX_COLUMN, kind="stable")
-        objects_table = pa.Table.from_pandas(by_position, preserve_index=False)
-        write_sorted_run(objects_table, objects_run(work_dir, pixel))
-        refmap = pa.Table.from_pandas(matcher.refmap, schema=schema.REFMAP_SCHEMA, preserve_index=False)
-        write_sorted_run(sort_by_oid(refmap), piece_file(work_dir, pixel))
+        write_sorted_run(objects, objects_run(work_dir, pixel))
+        write_sorted_run(matcher.refmap, piece_file(work_dir, pixel))
     with timer.step("summarise"):  # change digests and row histograms
         cells = cell_order(params.work_order)
         digests = {f"detections/{c}": _digest(*acc) for c, acc in output.sums.items()}
         digests |= {
             f"objects/{c}": _digest(*acc)
-            for c, acc in cell_sums(objects_table, OBJECT_DIGEST_COLUMNS, cells).items()
+            for c, acc in cell_sums(objects, OBJECT_DIGEST_COLUMNS, cells).items()
         }
         digests["refmap"] = file_digest(piece_file(work_dir, pixel))
         det_idx = np.concatenate(output.index29) if output.index29 else np.zeros(0, dtype=np.int64)
         detection_hist = histogram(det_idx, HISTOGRAM_ORDER)
-        object_hist = histogram(objects[SPATIAL_INDEX_COLUMN].to_numpy(), HISTOGRAM_ORDER)
+        object_hist = histogram(objects.column(SPATIAL_INDEX_COLUMN).to_numpy(), HISTOGRAM_ORDER)
     return PixelResult(
         pixel=pixel,
         detections=output.rows,
         matched=output.matched,
-        objects=len(objects),
-        detection_only=int((~objects[schema.HAS_REF]).sum()),
+        objects=objects.num_rows,
+        detection_only=objects.num_rows - int(pc.sum(objects.column(schema.HAS_REF)).as_py() or 0),
         detection_hist=detection_hist,
         object_hist=object_hist,
-        refmap_fields=fields_of(refmap.column("ztf_oid").to_numpy()),
+        refmap_fields=fields_of(matcher.refmap.column("ztf_oid").to_numpy()),
         output_digests=digests,
         seconds=timer.seconds,
     )

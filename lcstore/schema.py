@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 #: Filter codes, in band order, as ZTF names them.
 FILTERCODES: tuple[str, ...] = ("zg", "zr", "zi")
@@ -88,11 +89,11 @@ MJD_MAX = 88069.0
 
 
 def ztf_objectid(
-    field: int | np.ndarray,
-    filtercode: str | np.ndarray,
-    ccdid: int | np.ndarray,
-    qid: int | np.ndarray,
-    refsid: int | np.ndarray,
+    field: int | np.ndarray | pa.ChunkedArray,
+    filtercode: str | np.ndarray | pa.ChunkedArray,
+    ccdid: int | np.ndarray | pa.ChunkedArray,
+    qid: int | np.ndarray | pa.ChunkedArray,
+    refsid: int | np.ndarray | pa.ChunkedArray,
 ) -> int | np.ndarray:
     """ZTF data-release object id of reference sources.
 
@@ -103,16 +104,29 @@ def ztf_objectid(
 
     Parameters
     ----------
-    field, ccdid, qid, refsid : int or array of int
-    filtercode : str or array of str
+    field, ccdid, qid, refsid : int, or array of int (numpy or Arrow)
+    filtercode : str, or array of str (numpy or Arrow)
         ``zg``, ``zr`` or ``zi``.
 
     Returns
     -------
     int or numpy.ndarray
         An int for scalar arguments, else an int64 array.
+
+    Raises
+    ------
+    ValueError
+        For a filter code that is not one of :data:`FILTER_IDS`.
     """
-    filterid = np.vectorize(FILTER_IDS.__getitem__, otypes=[np.int64])(filtercode)
+    arrow = isinstance(filtercode, pa.ChunkedArray | pa.Array)
+    codes = filtercode if arrow else pa.array(np.ravel(filtercode))
+    position = pc.index_in(codes, value_set=pa.array(list(FILTER_IDS), type=codes.type))
+    if position.null_count:
+        unknown = pc.filter(codes, pc.is_null(position)).unique().to_pylist()
+        raise ValueError(f"unknown filter code(s) {unknown}: expected one of {list(FILTER_IDS)}")
+    filterid = np.array(list(FILTER_IDS.values()), dtype=np.int64)[position.to_numpy(zero_copy_only=False)]
+    if not arrow and np.ndim(filtercode) == 0:
+        filterid = filterid[0]
     parts = (field, filterid, ccdid, qid, refsid)
     field, filterid, ccdid, qid, refsid = (np.asarray(x, dtype=np.int64) for x in parts)
     oid = field * 10**12 + filterid * 10**11 + ccdid * 10**9 + qid * 10**8 + refsid

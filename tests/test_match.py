@@ -31,18 +31,21 @@ def pixel_rows(tiny_survey):
             for _, t in read_units("refs", str(f))]  # fmt: skip
     dets = [_staged(t, i) for i, f in enumerate(sorted(tiny_survey.epochs_dir.rglob("*.parquet")))
             for _, t in read_units("epochs", str(f))]  # fmt: skip
-    refs = pa.concat_tables(refs).to_pandas()
+    refs = pa.concat_tables(refs)
     dets = pa.concat_tables(dets)
     pixels = np.unique(pixel_of(dets.column(SPATIAL_INDEX_COLUMN).to_numpy(), ORDER))
     assert len(pixels) == 1
     return refs, dets, int(pixels[0])
 
 
-def _run(refs: pd.DataFrame, chunks: list[pa.Table], pixel: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _run(refs: pa.Table, chunks: list[pa.Table], pixel: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     match = PixelMatch(refs, pixel, PARAMS)
     emitted = [match.match(chunk) for chunk in chunks]
     orphans, objects = match.finish()
+    index29 = objects.column(SPATIAL_INDEX_COLUMN).to_numpy()
+    assert np.all(index29[1:] >= index29[:-1])  # objects come sorted by position
     dets = pa.concat_tables([*emitted, orphans]).to_pandas()
+    objects = objects.to_pandas()
     key = [*schema.DETECTION_KEY, "procversion"]
     return (
         dets.sort_values(key).reset_index(drop=True),
@@ -79,9 +82,10 @@ def test_catalog_rank_orders_catalogs_by_their_key(seed, n):
             "filtercode": pd.array(rng.choice(schema.FILTERCODES, n), dtype="string"),
         }
     )
+    table = pa.Table.from_pandas(refs, preserve_index=False)
     keys = refs.assign(filtercode=refs["filtercode"].map({f: i for i, f in enumerate(schema.FILTERCODES)}))
     expected = keys.groupby(list(schema.REF_CATALOG_KEY), sort=True).ngroup().to_numpy()
-    assert catalog_rank(refs).tolist() == expected.tolist()
+    assert catalog_rank(table).tolist() == expected.tolist()
 
 
 def test_cell_sums_are_sums_of_pandas_row_hashes():

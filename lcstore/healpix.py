@@ -128,8 +128,19 @@ def margin_pixels(order: int, pixel: int, margin_arcsec: float) -> tuple[int, np
 
 
 @functools.lru_cache(maxsize=4096)
-def _band(order: int, pixel: int, margin_arcsec: float) -> tuple[int, np.ndarray]:
-    return margin_pixels(order, pixel, margin_arcsec)
+def _bands_inside(
+    order: int, pixel: int, margin_arcsec: float
+) -> tuple[tuple[int, np.ndarray, np.ndarray], ...]:
+    """Per neighbour of ``pixel``: the order-29 ranges ``[lo, hi)`` of the pixels of the
+    neighbour's margin band that lie inside ``pixel`` (cached: ingest asks for each pixel
+    of every batch, and a neighbour lookup alone costs 80 us)."""
+    bands = []
+    for nbr in neighbour_pixels(order, pixel):
+        fine, band = margin_pixels(order, int(nbr), margin_arcsec)
+        band = band[band >> (2 * (fine - order)) == pixel]
+        shift = 2 * (SPATIAL_INDEX_ORDER - fine)
+        bands.append((int(nbr), band << shift, (band + 1) << shift))
+    return tuple(bands)
 
 
 def margin_rows(index29: np.ndarray, order: int, pixel: int, margin_arcsec: float) -> dict[int, np.ndarray]:
@@ -152,16 +163,13 @@ def margin_rows(index29: np.ndarray, order: int, pixel: int, margin_arcsec: floa
     """
     index29 = np.asarray(index29, dtype=np.int64)
     out = {}
-    for nbr in neighbour_pixels(order, pixel):
-        fine, band = _band(order, int(nbr), margin_arcsec)
-        band = band[band >> (2 * (fine - order)) == pixel]  # the part of the band inside this pixel
-        shift = 2 * (SPATIAL_INDEX_ORDER - fine)
-        lo = np.searchsorted(index29, band << shift)
-        lengths = np.searchsorted(index29, (band + 1) << shift) - lo
+    for nbr, band_lo, band_hi in _bands_inside(order, int(pixel), margin_arcsec):
+        lo = np.searchsorted(index29, band_lo)
+        lengths = np.searchsorted(index29, band_hi) - lo
         lo, lengths = lo[lengths > 0], lengths[lengths > 0]
         if len(lo):
             # The concatenated ranges [lo, lo + length), without a Python loop.
-            out[int(nbr)] = np.repeat(lo - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
+            out[nbr] = np.repeat(lo - (np.cumsum(lengths) - lengths), lengths) + np.arange(lengths.sum())
     return out
 
 

@@ -42,7 +42,7 @@ from lcstore.ingest import EPOCHS, REFS, UNIT_COLUMN, read_staged_file, staged_f
 from lcstore.refmap import fields_of, piece_file, sort_by_oid
 from lcstore.timing import StepTimer
 from lcstore.transients import leader_cluster
-from lcstore.write import SORTED_RUN_SUFFIX, objects_run, take_rows, write_sorted_run
+from lcstore.write import OBJECT_BASE_COLUMNS, SORTED_RUN_SUFFIX, objects_run, take_rows, write_sorted_run
 
 #: Version of what the match step makes of given staged rows. It is part of every work
 #: pixel's fingerprint: a new version rematches every pixel of a store's next build.
@@ -137,10 +137,7 @@ def _time_order(dets: pa.Table) -> np.ndarray:
     return np.lexsort([dets.column(c).to_numpy() for c in reversed(keys)])
 
 
-#: Columns of a pixel's objects, in the order of the match step's objects files.
-OBJECT_COLUMNS = (schema.OBJECTID, "ra", "dec", schema.HAS_REF, "nrefs", SPATIAL_INDEX_COLUMN)
-
-#: Objects as numpy arrays, one per :data:`OBJECT_COLUMNS` name.
+#: Objects as numpy arrays, one per :data:`lcstore.write.OBJECT_BASE_COLUMNS` name.
 Objects = dict[str, np.ndarray]
 
 
@@ -256,7 +253,7 @@ class PixelMatch:
             Those detections inside the pixel, with their object's columns.
         objects : pyarrow.Table
             Every object (reference or detection-only) seeded inside the pixel, with the
-            :data:`OBJECT_COLUMNS`, sorted by ``_healpix_29``.
+            :data:`OBJECT_BASE_COLUMNS`, sorted by ``_healpix_29``.
         """
         with self.timer.step("cluster"):
             return self._cluster()
@@ -284,10 +281,10 @@ class PixelMatch:
         emit = self._inside(index29)
         detections = _with_objects(unmatched.filter(pa.array(emit)), new, object_of[emit])
 
-        objects = {c: np.concatenate([self.reference_objects[c], new[c]]) for c in OBJECT_COLUMNS}
+        objects = {c: np.concatenate([self.reference_objects[c], new[c]]) for c in OBJECT_BASE_COLUMNS}
         own = np.flatnonzero(self._inside(objects[SPATIAL_INDEX_COLUMN]))
         own = own[np.argsort(objects[SPATIAL_INDEX_COLUMN][own], kind="stable")]
-        return detections, pa.table({c: objects[c][own] for c in OBJECT_COLUMNS})
+        return detections, pa.table({c: objects[c][own] for c in OBJECT_BASE_COLUMNS})
 
 
 def _chunks(files: list[str], max_bytes: int) -> list[list[str]]:

@@ -507,7 +507,7 @@ def _build(
 
     # 4. Write: detections first, since object statistics are read from them.
     hashes: dict[str, tuple[int, str]] = {}
-    with _stage(report, "write", say), ThreadPoolExecutor(1) as cleaner:
+    with _stage(report, "write", say), ThreadPoolExecutor(1) as finisher:
         det_dir, obj_dir = build_dir / "detections", build_dir / "objects"
         prev_dir = store.release_dir(previous.name) if previous else None
 
@@ -578,20 +578,26 @@ def _build(
             urgent,
         )
         name = config.release
-        det_rows = det_written.rows(report, say, hashes)
-        # Only the detections partitions read the match output: remove it while the
-        # objects are written, not after the last task (2.6 GB on dense20m).
-        cleaner.submit(shutil.rmtree, work_dir / "detections", ignore_errors=True)
-        finalize_catalog(
-            str(det_dir),
-            target,
-            f"{name}_detections",
-            "source",
-            det_parts,
-            sum(det_rows.values()),
-            schema.OBJECT_RA,
-            schema.OBJECT_DEC,
-        )
+
+        def finish_detections() -> dict[Hashable, int]:
+            rows = det_written.rows(report, say, hashes)
+            # Only the detections partitions read the match output (2.6 GB on dense20m).
+            shutil.rmtree(work_dir / "detections", ignore_errors=True)
+            finalize_catalog(
+                str(det_dir),
+                target,
+                f"{name}_detections",
+                "source",
+                det_parts,
+                sum(rows.values()),
+                schema.OBJECT_RA,
+                schema.OBJECT_DEC,
+            )
+            return rows
+
+        # The last detections partitions are written beside the last objects partitions:
+        # their metadata is written meanwhile, not after.
+        det_finished = finisher.submit(finish_detections)
         obj_rows = obj_written.rows(report, say, hashes)
         finalize_catalog(
             str(obj_dir), None, f"{name}_objects", "object", obj_parts, sum(obj_rows.values()), "ra", "dec"
@@ -609,6 +615,7 @@ def _build(
             {"primary_catalog": f"{name}_objects", "margin_threshold": MARGIN_ARCSEC},
         )
         refmap_written.rows(report, say, hashes)
+        det_rows = det_finished.result()
     report.detections = sum(det_rows.values())
     report.objects = sum(obj_rows.values())
     report.detection_only_objects = sum(s.detection_only for s in pixel_stats.values())

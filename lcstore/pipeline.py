@@ -37,7 +37,7 @@ from lcstore.allocator import WORKER_ENVIRONMENT, KeepFreedMemory
 from lcstore.changes import cell_order, dirty_pixels, fingerprints, overlapping, partitions_to_rebuild
 from lcstore.embargo import Cutoffs, eligible
 from lcstore.errors import LcstoreError, ReleaseExistsError, StoreError, StrictBuildError
-from lcstore.healpix import SPATIAL_INDEX_COLUMN, index_range
+from lcstore.healpix import SPATIAL_INDEX_COLUMN
 from lcstore.index import merge_histograms, plan_partitions
 from lcstore.ingest import (
     EPOCHS,
@@ -507,7 +507,7 @@ def _build(
 
     # 4. Write: detections first, since object statistics are read from them.
     hashes: dict[str, tuple[int, str]] = {}
-    with _stage(report, "write", say), ThreadPoolExecutor(1) as finisher:
+    with _stage(report, "write", say), ThreadPoolExecutor(1) as cleaner:
         det_dir, obj_dir = build_dir / "detections", build_dir / "objects"
         prev_dir = store.release_dir(previous.name) if previous else None
 
@@ -518,8 +518,7 @@ def _build(
             )
 
         det_src, obj_src = sources("detections", prev_det), sources("objects", prev_obj)
-        det_priority, urgent = _write_priorities(det_plan, obj_plan)
-        # The refmap needs only the match output: its fields go first, beside the first
+        # The refmap needs only the match output: its fields go first, beside the largest
         # detections partitions.
         refmap_written = _submit_refmap(
             client,
@@ -528,7 +527,7 @@ def _build(
             det_src,
             prev_dir,
             build_dir,
-            priority=urgent,
+            priority=max(det_plan.values(), default=0),
         )
         det_written = _submit_partitions(
             client,
@@ -538,7 +537,6 @@ def _build(
             "detections",
             det_dir,
             lambda part: write_detection_partition(det_src, *part, target, str(det_dir)),
-            det_priority.__getitem__,
         )
         # An objects partition reads the detections partitions it overlaps, so it waits for
         # those only, not for every detections partition.
@@ -563,7 +561,6 @@ def _build(
                 margin_targets[part],
                 pieces_dir,
             ),
-            lambda part: urgent + obj_plan[part],
             after=lambda part: [det_tasks[p] for p in overlapping(det_parts, *part) if p in det_tasks],
         )
         margin_written = _submit_margins(
@@ -575,29 +572,22 @@ def _build(
             prev_dir,
             build_dir,
             pieces_dir,
-            urgent,
         )
         name = config.release
-
-        def finish_detections() -> dict[Hashable, int]:
-            rows = det_written.rows(report, say, hashes)
-            # Only the detections partitions read the match output (2.6 GB on dense20m).
-            shutil.rmtree(work_dir / "detections", ignore_errors=True)
-            finalize_catalog(
-                str(det_dir),
-                target,
-                f"{name}_detections",
-                "source",
-                det_parts,
-                sum(rows.values()),
-                schema.OBJECT_RA,
-                schema.OBJECT_DEC,
-            )
-            return rows
-
-        # The last detections partitions are written beside the last objects partitions:
-        # their metadata is written meanwhile, not after.
-        det_finished = finisher.submit(finish_detections)
+        det_rows = det_written.rows(report, say, hashes)
+        # Only the detections partitions read the match output: remove it while the
+        # objects are written, not after the last task (2.6 GB on dense20m).
+        cleaner.submit(shutil.rmtree, work_dir / "detections", ignore_errors=True)
+        finalize_catalog(
+            str(det_dir),
+            target,
+            f"{name}_detections",
+            "source",
+            det_parts,
+            sum(det_rows.values()),
+            schema.OBJECT_RA,
+            schema.OBJECT_DEC,
+        )
         obj_rows = obj_written.rows(report, say, hashes)
         finalize_catalog(
             str(obj_dir), None, f"{name}_objects", "object", obj_parts, sum(obj_rows.values()), "ra", "dec"
@@ -615,7 +605,6 @@ def _build(
             {"primary_catalog": f"{name}_objects", "margin_threshold": MARGIN_ARCSEC},
         )
         refmap_written.rows(report, say, hashes)
-        det_rows = det_finished.result()
     report.detections = sum(det_rows.values())
     report.objects = sum(obj_rows.values())
     report.detection_only_objects = sum(s.detection_only for s in pixel_stats.values())
@@ -704,34 +693,6 @@ class _PartitionWrites:
         return {**self.shared, **{part: w.rows for part, w in done.items()}}
 
 
-def _write_priorities(
-    det_plan: dict[tuple[int, int], int], obj_plan: dict[tuple[int, int], int]
-) -> tuple[dict[tuple[int, int], int], int]:
-    """Dask priorities of the detections partitions' writes, and the priority of the
-    writes that should run as soon as they can (objects partitions, margins, refmap).
-
-    An objects partition waits for the detections partitions it overlaps. Detections
-    partitions are therefore written one objects partition's worth after another, the
-    largest objects partitions' first and the largest detections partition first within
-    each, so that objects partitions start while detections are still being written and
-    the build ends on small ones, not on a chain of waits with a worker idle.
-    """
-    if not det_plan:
-        return {}, 1
-    groups = sorted(obj_plan, key=lambda p: (-obj_plan[p], p))
-    starts = np.array([index_range(*p)[0] for p in groups], dtype=np.int64)
-    by_start = np.argsort(starts)
-    sorted_starts = starts[by_start]
-    scale = max(det_plan.values()) + 1
-    priorities = {}
-    for part, rows in det_plan.items():
-        # The objects partition that holds the detections partition's first row.
-        at = np.searchsorted(sorted_starts, index_range(*part)[0], side="right") - 1
-        group = int(by_start[at]) if at >= 0 else len(groups)
-        priorities[part] = (len(groups) - group) * scale + rows
-    return priorities, (len(groups) + 1) * scale
-
-
 def _submit_partitions(
     client: Client,
     parts: dict[tuple[int, int], int],
@@ -740,11 +701,10 @@ def _submit_partitions(
     catalog: str,
     catalog_dir: Path,
     write: Callable[[tuple[int, int]], int],
-    priority: Callable[[tuple[int, int]], int],
     after: Callable[[tuple[int, int]], list[Future]] = lambda part: [],
 ) -> _PartitionWrites:
     """Hard-link the unchanged partitions from the previous release and submit the writes
-    of the others, each after the tasks ``after(part)``, with Dask priority ``priority(part)``."""
+    of the others, each after the tasks ``after(part)``."""
     shared = {
         part: share_partition(str(previous_release / catalog), str(catalog_dir), *part)
         for part in parts
@@ -753,8 +713,9 @@ def _submit_partitions(
     paths_of = {
         p: str(paths.pixel_catalog_file(catalog_dir, HealpixPixel(*p))) for p in parts if p in rebuild
     }
+    # The largest partitions first, so that no worker is left with a big one at the end.
     tasks = {
-        p: client.submit(_timed, p, write=write, after=after(p), path=path, priority=priority(p), pure=False)
+        p: client.submit(_timed, p, write=write, after=after(p), path=path, priority=parts[p], pure=False)
         for p, path in paths_of.items()
     }
     return _PartitionWrites(catalog, tasks, shared, paths_of)
@@ -785,7 +746,6 @@ def _submit_margins(
     previous_release: Path | None,
     build_dir: Path,
     pieces_dir: str,
-    priority: int,
 ) -> _PartitionWrites:
     """Submit the margin of every objects partition whose rows or whose band's rows (from
     the partitions ``sources`` maps it to) changed, each after the writes of those
@@ -810,7 +770,6 @@ def _submit_margins(
         lambda part: write_margin_partition(
             catalog_dir, sources[part], *part, MARGIN_ARCSEC, margin_dir, pieces_dir, with_pieces
         ),
-        lambda part: priority,
         after=lambda part: [tasks[p] for p in (part, *sources[part]) if p in tasks],
     )
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 
-import numpy as np
 import pandas as pd
 import pyarrow.dataset as pds
 import pytest
@@ -283,31 +282,3 @@ def test_hash_chunks_keep_order_and_give_every_worker_two(n, workers):
     if len(paths) >= 2 * workers:
         assert len(chunks) >= 2 * workers - 1  # the last chunk may take the remainder
         assert max(map(len, chunks)) - min(map(len, chunks[:-1]), default=0) <= 1
-
-
-@settings(max_examples=50, deadline=None)
-@given(
-    det_order=st.integers(3, 6),
-    obj_order=st.integers(1, 5),
-    rows=st.lists(st.integers(1, 10**6), min_size=1, max_size=64),
-    seed=st.integers(0, 2**16),
-)
-def test_detections_are_written_one_objects_partition_after_another(det_order, obj_order, rows, seed):
-    """Detections partitions go in the order of the objects partitions that wait for them,
-    largest objects partition first, and every other write goes before any of them."""
-    from lcstore.pipeline import _write_priorities
-
-    rng = np.random.default_rng(seed)
-    det = {(det_order, int(p)): r for p, r in zip(rng.permutation(12 * 4**det_order), rows, strict=False)}
-    obj = {(obj_order, p): int(rng.integers(1, 1000)) for p in range(12 * 4**obj_order)}
-    priority, urgent = _write_priorities(det, obj)
-    assert all(0 < p < urgent for p in priority.values())
-
-    def holder(part):  # the objects partition that holds the detections partition's first row
-        order, pixel = part
-        first = pixel << 2 * (29 - order)
-        return (obj_order, first >> 2 * (29 - obj_order))
-
-    ranked = sorted(det, key=lambda part: -priority[part])
-    sizes = [obj[holder(part)] for part in ranked]
-    assert sizes == sorted(sizes, reverse=True)

@@ -562,6 +562,10 @@ def _build(
                 pieces_dir,
             ),
             after=lambda part: [det_tasks[p] for p in overlapping(det_parts, *part) if p in det_tasks],
+            # Each as soon as its detections are written, before any other detections
+            # partition: the build then ends on small detections partitions, not on an
+            # objects partition with the other workers idle.
+            urgency=max(det_plan.values(), default=0) + 1,
         )
         margin_written = _submit_margins(
             client,
@@ -702,9 +706,11 @@ def _submit_partitions(
     catalog_dir: Path,
     write: Callable[[tuple[int, int]], int],
     after: Callable[[tuple[int, int]], list[Future]] = lambda part: [],
+    urgency: int = 0,
 ) -> _PartitionWrites:
     """Hard-link the unchanged partitions from the previous release and submit the writes
-    of the others, each after the tasks ``after(part)``."""
+    of the others, each after the tasks ``after(part)``; with Dask priority ``urgency``
+    plus the partition's rows."""
     shared = {
         part: share_partition(str(previous_release / catalog), str(catalog_dir), *part)
         for part in parts
@@ -715,7 +721,9 @@ def _submit_partitions(
     }
     # The largest partitions first, so that no worker is left with a big one at the end.
     tasks = {
-        p: client.submit(_timed, p, write=write, after=after(p), path=path, priority=parts[p], pure=False)
+        p: client.submit(
+            _timed, p, write=write, after=after(p), path=path, priority=urgency + parts[p], pure=False
+        )
         for p, path in paths_of.items()
     }
     return _PartitionWrites(catalog, tasks, shared, paths_of)

@@ -167,14 +167,3 @@ def partitions_to_rebuild(
         if (o, p) not in previous or touched:
             out.append((o, p))
     return out
-
-
-def overlapping(parts: list[tuple[int, int]], order: int, pixel: int) -> list[tuple[int, int]]:
-    """Members of ``parts`` whose area overlaps pixel (order, pixel)."""
-    lo, hi = index_range(order, pixel)
-    found = []
-    for o, p in parts:
-        plo, phi = index_range(o, p)
-        if plo < hi and lo < phi:
-            found.append((o, p))
-    return found

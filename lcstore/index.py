@@ -13,6 +13,8 @@ Pure numpy; no I/O, no Dask.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 from lcstore.healpix import SPATIAL_INDEX_ORDER, index_range, pixel_of
@@ -91,3 +93,44 @@ def partition_of(index29: np.ndarray, partitions: list[tuple[int, int, int]]) ->
     """Position in ``partitions`` of the partition holding each order-29 index."""
     starts = np.array([p << (2 * (SPATIAL_INDEX_ORDER - o)) for o, p, _ in partitions], dtype=np.int64)
     return np.searchsorted(starts, index29, side="right") - 1
+
+
+class Partitions:
+    """A catalog's partitions, disjoint HEALPix pixels (order, pixel), indexed for the
+    question "which of them overlap this pixel?" in logarithmic time.
+
+    Build once for a catalog: a query is two binary searches, where a scan of the list
+    would cost time in proportion to the partitions (hundreds of thousands at survey scale,
+    asked once per partition).
+
+    Parameters
+    ----------
+    parts : iterable of (int, int)
+        Disjoint pixels (order, pixel), as a HATS catalog's partitions are.
+
+    Raises
+    ------
+    ValueError
+        If two of the pixels overlap.
+    """
+
+    def __init__(self, parts: Iterable[tuple[int, int]]) -> None:
+        pairs = np.array(list(parts), dtype=np.int64).reshape(-1, 2)
+        shift = 2 * (SPATIAL_INDEX_ORDER - pairs[:, 0])
+        lo, hi = pairs[:, 1] << shift, (pairs[:, 1] + 1) << shift
+        by_lo = np.argsort(lo, kind="stable")
+        self._lo, self._hi = lo[by_lo], hi[by_lo]
+        if np.any(self._lo[1:] < self._hi[:-1]):
+            raise ValueError("partitions overlap: a catalog's partitions must be disjoint pixels")
+        self._parts = [(int(o), int(p)) for o, p in pairs[by_lo]]
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def overlapping(self, order: int, pixel: int) -> list[tuple[int, int]]:
+        """The partitions whose area overlaps pixel (order, pixel), in sky order."""
+        lo, hi = index_range(order, pixel)
+        # Disjoint and sorted by start, the partitions are sorted by end as well.
+        first = int(np.searchsorted(self._hi, lo, side="right"))
+        last = int(np.searchsorted(self._lo, hi, side="left"))
+        return self._parts[first:last]

@@ -34,11 +34,11 @@ from hats.pixel_math import HealpixPixel
 
 from lcstore import schema
 from lcstore.allocator import WORKER_ENVIRONMENT, KeepFreedMemory
-from lcstore.changes import cell_order, dirty_pixels, fingerprints, overlapping, partitions_to_rebuild
+from lcstore.changes import cell_order, dirty_pixels, fingerprints, partitions_to_rebuild
 from lcstore.embargo import Cutoffs, eligible
 from lcstore.errors import LcstoreError, ReleaseExistsError, StoreError, StrictBuildError
 from lcstore.healpix import SPATIAL_INDEX_COLUMN
-from lcstore.index import merge_histograms, plan_partitions
+from lcstore.index import Partitions, merge_histograms, plan_partitions
 from lcstore.ingest import (
     EPOCHS,
     REFS,
@@ -394,15 +394,16 @@ def _run_match(
     if not pixels:
         return {}
     params = MatchParams(store.work_order, config.radius_arcsec, config.margin, config.cutoffs)
-    excluded = client.scatter(selection.excluded, broadcast=True)
     batches = set(ledger["batch"])
+    # Both grow with the store: sent to the workers once, not with every task.
+    excluded, batches_f = client.scatter([selection.excluded, batches], broadcast=True, hash=False)
     # The largest pixels first, so that no worker is left with a big one at the end.
     futures = [
         client.submit(
             match_pixel,
             pixel,
             store=str(store.path),
-            batches=batches,
+            batches=batches_f,
             excluded_units=excluded,
             params=params,
             work_dir=str(work_dir),
@@ -514,17 +515,25 @@ def _build(
         def sources(catalog: str, previous_parts: set[tuple[int, int]]) -> PartitionSources:
             previous_dir = str(prev_dir / catalog) if prev_dir else None
             return PartitionSources(
-                str(work_dir), order, frozenset(dirty), previous_dir, tuple(previous_parts)
+                str(work_dir), order, frozenset(dirty), previous_dir, Partitions(previous_parts)
             )
 
-        det_src, obj_src = sources("detections", prev_det), sources("objects", prev_obj)
+        # What every task of a catalog needs and that grows with the catalog (the previous
+        # release's partitions, the rematched pixels, the detections partitions) goes to
+        # the workers once, not with each of hundreds of thousands of tasks.
+        det_sources, det_index = sources("detections", prev_det), Partitions(det_parts)
+        det_src, obj_src, det_index_f, written_det_f, rematched = client.scatter(
+            [det_sources, sources("objects", prev_obj), det_index, frozenset(rebuild_det), frozenset(dirty)],
+            hash=False,
+        )
         # The refmap needs only the match output: its fields go first, beside the largest
         # detections partitions.
         refmap_written = _submit_refmap(
             client,
             _refmap_fields(pixel_stats, results, dirty, previous),
             results,
-            det_src,
+            det_sources,
+            rematched,
             prev_dir,
             build_dir,
             priority=max(det_plan.values(), default=0),
@@ -536,11 +545,12 @@ def _build(
             prev_dir,
             "detections",
             det_dir,
-            lambda part: write_detection_partition(det_src, *part, target, str(det_dir)),
+            lambda part, src: write_detection_partition(src, *part, target, str(det_dir)),
+            args=lambda part: (det_src,),
         )
         # An objects partition reads the detections partitions it overlaps, so it waits for
         # those only, not for every detections partition.
-        det_tasks, written_det = det_written.tasks, frozenset(rebuild_det)
+        det_tasks = det_written.tasks
         # Each objects partition also leaves the rows its neighbours' margins take from it.
         margin_from, margin_targets = margin_plan(obj_parts, MARGIN_ARCSEC)
         pieces_dir = str(work_dir / "margin")
@@ -551,17 +561,11 @@ def _build(
             prev_dir,
             "objects",
             obj_dir,
-            lambda part: _objects_and_margin_pieces(
-                part,
-                obj_src,
-                str(det_dir),
-                det_parts,
-                str(obj_dir),
-                written_det,
-                margin_targets[part],
-                pieces_dir,
+            lambda part, src, det_index, written, targets: _objects_and_margin_pieces(
+                part, src, str(det_dir), det_index, str(obj_dir), written, targets, pieces_dir
             ),
-            after=lambda part: [det_tasks[p] for p in overlapping(det_parts, *part) if p in det_tasks],
+            args=lambda part: (obj_src, det_index_f, written_det_f, margin_targets[part]),
+            after=lambda part: [det_tasks[p] for p in det_index.overlapping(*part) if p in det_tasks],
             # Each as soon as its detections are written, before any other detections
             # partition: the build then ends on small detections partitions, not on an
             # objects partition with the other workers idle.
@@ -663,11 +667,11 @@ class _Written:
     sha256: str | None
 
 
-def _timed(part: Hashable, write: Callable[[Hashable], int], after: list, path: str) -> _Written:
-    """``write(part)``, which writes the file ``path`` (or none, for no rows); ``after``
-    holds the results of the tasks it waits for."""
+def _timed(part: Hashable, write: Callable[..., int], after: list, path: str, args: tuple = ()) -> _Written:
+    """``write(part, *args)``, which writes the file ``path`` (or none, for no rows);
+    ``after`` holds the results of the tasks it waits for."""
     start = time.perf_counter()
-    rows = write(part)
+    rows = write(part, *args)
     seconds = time.perf_counter() - start
     if not os.path.exists(path):
         return _Written(rows, seconds, None, None)
@@ -704,13 +708,15 @@ def _submit_partitions(
     previous_release: Path | None,
     catalog: str,
     catalog_dir: Path,
-    write: Callable[[tuple[int, int]], int],
+    write: Callable[..., int],
+    args: Callable[[tuple[int, int]], tuple] = lambda part: (),
     after: Callable[[tuple[int, int]], list[Future]] = lambda part: [],
     urgency: int = 0,
 ) -> _PartitionWrites:
     """Hard-link the unchanged partitions from the previous release and submit the writes
-    of the others, each after the tasks ``after(part)``; with Dask priority ``urgency``
-    plus the partition's rows."""
+    of the others: ``write(part, *args(part))`` (futures in ``args`` are passed as their
+    results), each after the tasks ``after(part)``, with Dask priority ``urgency`` plus
+    the partition's rows."""
     shared = {
         part: share_partition(str(previous_release / catalog), str(catalog_dir), *part)
         for part in parts
@@ -722,7 +728,14 @@ def _submit_partitions(
     # The largest partitions first, so that no worker is left with a big one at the end.
     tasks = {
         p: client.submit(
-            _timed, p, write=write, after=after(p), path=path, priority=urgency + parts[p], pure=False
+            _timed,
+            p,
+            write=write,
+            after=after(p),
+            path=path,
+            args=args(p),
+            priority=urgency + parts[p],
+            pure=False,
         )
         for p, path in paths_of.items()
     }
@@ -767,7 +780,7 @@ def _submit_margins(
         return part in rebuilt or any(s in rebuilt for s in sources[part])
 
     catalog_dir, margin_dir = str(build_dir / "objects"), str(build_dir / MARGIN_CATALOG)
-    with_pieces = frozenset(tasks)
+    (with_pieces,) = client.scatter([frozenset(tasks)], hash=False)
     return _submit_partitions(
         client,
         parts,
@@ -775,9 +788,10 @@ def _submit_margins(
         previous_release,
         MARGIN_CATALOG,
         build_dir / MARGIN_CATALOG,
-        lambda part: write_margin_partition(
-            catalog_dir, sources[part], *part, MARGIN_ARCSEC, margin_dir, pieces_dir, with_pieces
+        lambda part, reaching, pieces: write_margin_partition(
+            catalog_dir, reaching, *part, MARGIN_ARCSEC, margin_dir, pieces_dir, pieces
         ),
+        args=lambda part: (sources[part], with_pieces),
         after=lambda part: [tasks[p] for p in (part, *sources[part]) if p in tasks],
     )
 
@@ -806,13 +820,14 @@ def _submit_refmap(
     fields: tuple[set[int], set[int]],
     results: dict[int, PixelResult],
     sources: PartitionSources,
+    rematched: Future,
     previous_release: Path | None,
     build_dir: Path,
     priority: int,
 ) -> _PartitionWrites:
     """Submit the refmap file of each field of ``fields[1]`` (written from this build's
-    pieces and the previous release's rows of the pixels ``sources`` did not rematch);
-    hard-link the others."""
+    pieces and the previous release's rows of the pixels ``sources`` did not rematch:
+    ``rematched``, their set on the workers); hard-link the others."""
     every, rebuild = fields
     previous = str(previous_release) if previous_release else None
     write_schema(schema.REFMAP_SCHEMA, build_dir)
@@ -825,12 +840,20 @@ def _submit_refmap(
             write_field,
             pieces=pieces,
             previous_release=previous,
-            rematched=sources.rematched,
             work_order=sources.work_order,
             release_dir=str(build_dir),
         )
         path = str(field_file(build_dir, f))
-        tasks[f] = client.submit(_timed, f, write=write, after=[], path=path, priority=priority, pure=False)
+        tasks[f] = client.submit(
+            _timed,
+            f,
+            write=write,
+            after=[],
+            path=path,
+            args=(rematched,),
+            priority=priority,
+            pure=False,
+        )
         paths_of[f] = path
     return _PartitionWrites("refmap", tasks, shared, paths_of)
 

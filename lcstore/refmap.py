@@ -99,9 +99,9 @@ def sort_by_oid(table: pa.Table) -> pa.Table:
 
 def write_field(
     field: int,
+    rematched: frozenset[int],
     pieces: list[str],
     previous_release: str | None,
-    rematched: frozenset[int],
     work_order: int,
     release_dir: str,
 ) -> int:
@@ -111,13 +111,13 @@ def write_field(
     ----------
     field : int
         The ZTF field.
+    rematched : frozenset of int
+        Work pixels (at ``work_order``) matched by this build.
     pieces : list of str
         The match step's refmap pieces (:func:`piece_file`) that hold rows of the field.
     previous_release : str or None
         The release this one builds on: its rows of the field emitted by work pixels not
         in ``rematched`` are kept.
-    rematched : frozenset of int
-        Work pixels (at ``work_order``) matched by this build.
     release_dir : str
         The release being built.
     """

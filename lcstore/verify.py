@@ -43,9 +43,9 @@ from hats.io.validation import is_valid_catalog
 from hats.pixel_math import HealpixPixel
 
 from lcstore import schema
-from lcstore.changes import overlapping
 from lcstore.embargo import Cutoffs, eligible, parse_date
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, index_range
+from lcstore.index import Partitions
 from lcstore.ingest import EPOCHS, REFS, hash_file, read_ledger
 from lcstore.margin import MARGIN_CATALOG
 from lcstore.refmap import LEGACY_REFMAP, OID_FIELD_FACTOR, field_of_file, refmap_files
@@ -430,6 +430,13 @@ def _check_detections(
 
 def _check_objects(folder: Path, parts: _Partitions, report: VerifyReport) -> None:
     """Each objects partition against the detections in its area: objects exist, nobs agree."""
+    try:
+        detections = Partitions(parts.detections)
+    except ValueError as err:
+        report.findings.append(
+            Finding("detections", f"state.json lists overlapping detections partitions ({err})", "state.json")
+        )
+        return
     for part in parts.objects:
         rel = _rel(folder, "objects", part)
         objects = _read(folder, rel, _OBJECT_COLUMNS, report, parts)
@@ -446,7 +453,7 @@ def _check_objects(folder: Path, parts: _Partitions, report: VerifyReport) -> No
         lo, hi = index_range(*part)
         area = [(SPATIAL_INDEX_COLUMN, ">=", lo), (SPATIAL_INDEX_COLUMN, "<", hi)]
         det_ids, complete = [], True
-        for det_part in overlapping(parts.detections, *part):
+        for det_part in detections.overlapping(*part):
             det_rel = _rel(folder, "detections", det_part)
             if det_rel in parts.unreadable:
                 complete = False

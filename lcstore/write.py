@@ -17,6 +17,7 @@ Catalog layout (HATS)::
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from collections.abc import Callable
@@ -34,8 +35,9 @@ from hats.io import paths
 from hats.pixel_math import HealpixPixel
 
 from lcstore import schema
-from lcstore.changes import overlapping, owners
+from lcstore.changes import owners
 from lcstore.healpix import SPATIAL_INDEX_COLUMN, index_range, pixel_of, spatial_index
+from lcstore.index import Partitions
 from lcstore.statistics import STATISTICS_INPUT, STATISTICS_SCHEMA, object_statistics
 
 #: Rows per Parquet row group in release files: small enough that a cone search reads
@@ -163,14 +165,17 @@ class PartitionSources:
 
     Rows emitted by the work pixels in ``rematched`` come from this build's match output
     in ``work_dir``; all other rows are unchanged since the previous release and are read
-    from its partitions in ``previous_parts`` of catalog ``previous_dir``.
+    from its partitions ``previous_parts`` of catalog ``previous_dir``.
+
+    It grows with the catalog: the build hands it to the workers once (``Client.scatter``),
+    not with every task.
     """
 
     work_dir: str
     work_order: int
     rematched: frozenset[int]
     previous_dir: str | None = None
-    previous_parts: tuple[tuple[int, int], ...] = ()
+    previous_parts: Partitions = dataclasses.field(default_factory=lambda: Partitions([]))
 
 
 def _fresh_rows(sources: PartitionSources, kind: str, order: int, pixel: int) -> list[pa.Table]:
@@ -206,7 +211,7 @@ def _kept_rows(
         return []
     lo, hi = index_range(order, pixel)
     tables = []
-    for part in overlapping(list(sources.previous_parts), order, pixel):
+    for part in sources.previous_parts.overlapping(order, pixel):
         path = paths.pixel_catalog_file(sources.previous_dir, HealpixPixel(*part))
         t = pq.read_table(path, filters=in_range(lo, hi))
         tables.append(rows_not_rematched(t, emitter_of, sources.rematched, sources.work_order))
@@ -338,7 +343,7 @@ def write_object_partition(
     order: int,
     pixel: int,
     detections_dir: str,
-    detection_parts: list[tuple[int, int]],
+    detection_parts: Partitions,
     catalog_dir: str,
     written: frozenset[tuple[int, int]],
 ) -> pa.Table:
@@ -352,7 +357,7 @@ def write_object_partition(
     tables = _fresh_rows(sources, "objects", order, pixel)
     tables += _kept_rows(sources, _object_emitter, order, pixel)
     objects = pa.concat_tables([t.select(OBJECT_BASE_COLUMNS) for t in tables], promote_options="permissive")
-    parts = overlapping(detection_parts, order, pixel)
+    parts = detection_parts.overlapping(order, pixel)
     shared = [p for p in parts if p not in written]
     stats = [read_arrow(_statistics_file(sources, *p)) for p in parts if p in written]
     stats.append(_statistics_in(detections_dir, shared, order, pixel))

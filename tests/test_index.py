@@ -15,6 +15,7 @@ from lcstore.healpix import (
     unit_vectors,
 )
 from lcstore.index import (
+    Partitions,
     histogram,
     index_range_of_partitions,
     merge_histograms,
@@ -123,3 +124,39 @@ def test_unit_vectors_are_the_spherical_formula(positions):
 def test_unit_vectors_refuse_mismatched_inputs():
     with pytest.raises(ValueError, match="one length"):
         unit_vectors(np.zeros(3), np.zeros(2))
+
+
+def _random_partitioning(rng: np.random.Generator, max_order: int) -> list[tuple[int, int]]:
+    """Disjoint pixels covering the sky, some split further down to ``max_order``."""
+    parts, todo = [], [(0, p) for p in range(12)]
+    while todo:
+        order, pixel = todo.pop()
+        if order < max_order and rng.random() < 0.6:
+            todo += [(order + 1, 4 * pixel + k) for k in range(4)]
+        else:
+            parts.append((order, pixel))
+    return parts
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), max_order=st.integers(0, 5), keep=st.floats(0.1, 1.0))
+def test_partitions_overlapping_is_a_scan_of_the_list(seed, max_order, keep):
+    rng = np.random.default_rng(seed)
+    parts = [p for p in _random_partitioning(rng, max_order) if rng.random() < keep]
+    index = Partitions(rng.permutation(np.array(parts, dtype=np.int64).reshape(-1, 2)).tolist())
+    assert len(index) == len(parts)
+    for _ in range(20):
+        order = int(rng.integers(0, 7))
+        pixel = int(rng.integers(0, 12 * 4**order))
+        lo, hi = index_range(order, pixel)
+        expected = sorted(
+            (p for p in parts if index_range(*p)[0] < hi and lo < index_range(*p)[1]),
+            key=lambda p: index_range(*p)[0],
+        )
+        assert index.overlapping(order, pixel) == expected
+
+
+def test_partitions_refuse_overlapping_pixels():
+    with pytest.raises(ValueError, match="disjoint"):
+        Partitions([(2, 5), (3, 21)])  # pixel 21 of order 3 lies inside pixel 5 of order 2
+    assert Partitions([]).overlapping(0, 3) == []

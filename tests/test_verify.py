@@ -192,6 +192,17 @@ def test_deleted_partition_is_missing_and_breaks_hats(tmp_path, build, tiny_surv
     assert any("Missing" in f.message and pixel in f.message for f in hats)
 
 
+def test_overlapping_partitions_in_the_manifest_are_found(tmp_path, build, tiny_survey):
+    release = build_one(tmp_path, build, tiny_survey)
+    state = json.loads((release / "state.json").read_text())
+    order, pixel = state["detection_partitions"][0]
+    state["detection_partitions"].append([order + 1, 4 * pixel])  # inside the first one
+    (release / "state.json").write_text(json.dumps(state))
+    report = verify_release(tmp_path / "store", "DR1")
+    [overlap] = [f for f in found(report, "detections") if "overlapping" in f.message]
+    assert overlap.file == "state.json"
+
+
 def test_edited_value_is_caught_by_its_checksum_only(tmp_path, build, tiny_survey):
     release = build_one(tmp_path, build, tiny_survey)
     target = partitions(release, "detections")[0]

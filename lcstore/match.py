@@ -169,6 +169,10 @@ def _with_objects(dets: pa.Table, objects: Objects, rows: np.ndarray) -> pa.Tabl
     return out.append_column(SPATIAL_INDEX_COLUMN, column(SPATIAL_INDEX_COLUMN))
 
 
+#: Marks a detection left out of a chunk's match (nearest_within's no-match is -1).
+_UNUSED = -2
+
+
 class PixelMatch:
     """The match of one work pixel, fed its detections a chunk at a time.
 
@@ -224,8 +228,9 @@ class PixelMatch:
         refmap = refmap.append_column(schema.OBJECTID, pa.array(ids, type=pa.int64()))
         return sort_by_oid(refmap.cast(schema.REFMAP_SCHEMA))
 
-    def match(self, dets: pa.Table) -> pa.Table:
-        """Match a chunk of eligible detections of the pixel and its margin.
+    def match(self, dets: pa.Table, use: np.ndarray | None = None) -> pa.Table:
+        """Match a chunk of detections of the pixel and its margin: those ``use`` marks
+        (a bool mask; None for all), which must be eligible.
 
         Returns
         -------
@@ -237,7 +242,9 @@ class PixelMatch:
         with self.timer.step("match"):
             xyz = unit_vectors(dets.column("ra").to_numpy(), dets.column("dec").to_numpy())
             obj, _ = nearest_within(xyz, self._xyz, self.params.radius_arcsec)
-            self._unmatched.append(dets.take(np.flatnonzero(obj < 0)))  # few: a take, not a filter
+            if use is not None:
+                obj[~use] = _UNUSED
+            self._unmatched.append(dets.take(np.flatnonzero(obj == -1)))  # few: a take, not a filter
             emit = np.flatnonzero((obj >= 0) & self._inside(dets.column(SPATIAL_INDEX_COLUMN).to_numpy()))
             # Sorted in the one copy that selects the rows, so the output need not be again.
             emit = emit[np.argsort(self.reference_objects[SPATIAL_INDEX_COLUMN][obj[emit]], kind="stable")]
@@ -301,9 +308,15 @@ def _chunks(files: list[str], max_bytes: int) -> list[list[str]]:
     return chunks
 
 
-def _read_staged(files: list[str], excluded: np.ndarray, cutoffs: Cutoffs | None = None) -> pa.Table | None:
-    """Staged rows from ``files``, without those of excluded units and, given ``cutoffs``,
-    those a release with them may not show."""
+def _read_staged(
+    files: list[str], excluded: np.ndarray, cutoffs: Cutoffs | None = None
+) -> tuple[pa.Table, np.ndarray | None] | None:
+    """Staged rows from ``files``, and which of them to use: not those of excluded units
+    nor, given ``cutoffs``, those a release with them may not show (None: every row).
+
+    The rows are not filtered here: a filter copies every column of the chunk, and the
+    match selects the rows it emits with one copy anyway.
+    """
     if not files:
         return None
     tables = [read_staged_file(f) for f in files]
@@ -313,8 +326,7 @@ def _read_staged(files: list[str], excluded: np.ndarray, cutoffs: Cutoffs | None
     keep = ~pc.is_in(table.column(UNIT_COLUMN), value_set=units).to_numpy(zero_copy_only=False)
     if cutoffs is not None:
         keep &= eligible(table.column("programid").to_numpy(), table.column("mjd").to_numpy(), cutoffs)
-    # One filter, and none when every row stays: each is a copy of the whole chunk.
-    return table if keep.all() else table.filter(pa.array(keep))
+    return table, (None if keep.all() else keep)
 
 
 class _Output:
@@ -385,17 +397,19 @@ def match_pixel(
     """
     timer = StepTimer()
     with timer.step("read"):
-        files = staged_files(store, REFS, pixel, batches)
-        refs = _read_staged(files, excluded_units)
-        if refs is None:
+        staged = _read_staged(staged_files(store, REFS, pixel, batches), excluded_units)
+        if staged is None:
             refs = pa.schema([*schema.REF_COLUMNS.items(), (SPATIAL_INDEX_COLUMN, pa.int64())]).empty_table()
+        else:
+            refs, use = staged
+            refs = refs if use is None else refs.filter(pa.array(use))
     matcher = PixelMatch(refs, pixel, params, timer)
     output = _Output(work_dir, pixel, params)
     files = staged_files(store, EPOCHS, pixel, batches)
     for chunk in _chunks(files, CHUNK_BYTES):
         with timer.step("read"):
-            dets = _read_staged(chunk, excluded_units, params.cutoffs)
-        matched = matcher.match(dets)
+            dets, use = _read_staged(chunk, excluded_units, params.cutoffs)
+        matched = matcher.match(dets, use)
         with timer.step("write"):
             output.add(matched)
     orphans, objects = matcher.finish()

@@ -566,10 +566,6 @@ def _build(
             ),
             args=lambda part: (obj_src, det_index_f, written_det_f, margin_targets[part]),
             after=lambda part: [det_tasks[p] for p in det_index.overlapping(*part) if p in det_tasks],
-            # Each as soon as its detections are written, before any other detections
-            # partition: the build then ends on small detections partitions, not on an
-            # objects partition with the other workers idle.
-            urgency=max(det_plan.values(), default=0) + 1,
         )
         margin_written = _submit_margins(
             client,
@@ -711,12 +707,10 @@ def _submit_partitions(
     write: Callable[..., int],
     args: Callable[[tuple[int, int]], tuple] = lambda part: (),
     after: Callable[[tuple[int, int]], list[Future]] = lambda part: [],
-    urgency: int = 0,
 ) -> _PartitionWrites:
     """Hard-link the unchanged partitions from the previous release and submit the writes
     of the others: ``write(part, *args(part))`` (futures in ``args`` are passed as their
-    results), each after the tasks ``after(part)``, with Dask priority ``urgency`` plus
-    the partition's rows."""
+    results), each after the tasks ``after(part)``."""
     shared = {
         part: share_partition(str(previous_release / catalog), str(catalog_dir), *part)
         for part in parts
@@ -734,7 +728,7 @@ def _submit_partitions(
             after=after(p),
             path=path,
             args=args(p),
-            priority=urgency + parts[p],
+            priority=parts[p],
             pure=False,
         )
         for p, path in paths_of.items()

@@ -42,14 +42,16 @@ def _run(refs: pa.Table, chunks: list[pa.Table], pixel: int) -> tuple[pd.DataFra
     match = PixelMatch(refs, pixel, PARAMS)
     emitted = [match.match(chunk) for chunk in chunks]
     orphans, objects = match.finish()
+    return _sorted(pa.concat_tables([*emitted, orphans]).to_pandas(), objects)
+
+
+def _sorted(dets: pd.DataFrame, objects: pa.Table) -> tuple[pd.DataFrame, pd.DataFrame]:
     index29 = objects.column(SPATIAL_INDEX_COLUMN).to_numpy()
     assert np.all(index29[1:] >= index29[:-1])  # objects come sorted by position
-    dets = pa.concat_tables([*emitted, orphans]).to_pandas()
-    objects = objects.to_pandas()
     key = [*schema.DETECTION_KEY, "procversion"]
     return (
         dets.sort_values(key).reset_index(drop=True),
-        objects.sort_values(schema.OBJECTID).reset_index(drop=True),
+        objects.to_pandas().sort_values(schema.OBJECTID).reset_index(drop=True),
     )
 
 
@@ -66,6 +68,25 @@ def test_chunks_in_any_order_give_the_same_objects_and_detections(pixel_rows, se
     pd.testing.assert_frame_equal(chunked_objects, whole_objects)
     assert len(whole_dets) == dets.num_rows
     assert (~whole_objects[schema.HAS_REF]).sum() > 0  # detection-only objects are exercised
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rows_left_out_by_a_mask_are_as_if_never_read(pixel_rows, seed):
+    """The match step does not filter out the staged rows of excluded units or embargoed
+    detections before matching (a copy of the chunk): it passes a mask. The result must be
+    that of the filtered chunks."""
+    refs, dets, pixel = pixel_rows
+    rng = np.random.default_rng(seed)
+    chunks = [dets.slice(0, dets.num_rows // 2), dets.slice(dets.num_rows // 2)]
+    masks = [rng.random(c.num_rows) < 0.8 for c in chunks]
+    filtered = _run(refs, [c.filter(pa.array(m)) for c, m in zip(chunks, masks, strict=True)], pixel)
+    match = PixelMatch(refs, pixel, PARAMS)
+    emitted = [match.match(c, m) for c, m in zip(chunks, masks, strict=True)]
+    orphans, objects = match.finish()
+    masked = _sorted(pa.concat_tables([*emitted, orphans]).to_pandas(), objects)
+    pd.testing.assert_frame_equal(masked[0], filtered[0])
+    pd.testing.assert_frame_equal(masked[1], filtered[1])
+    assert len(masked[0]) == sum(m.sum() for m in masks)
 
 
 @settings(max_examples=50, deadline=None)

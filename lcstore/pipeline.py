@@ -445,9 +445,9 @@ def _build(
     build_dir: Path,
     report: BuildReport,
     say: Callable[[str], None],
-) -> tuple[ReleaseState, dict[str, tuple[int, str]]]:
-    """Match what changed, then write every partition: rebuilt, or shared with the last
-    release. Returns the release's state, and the size and SHA-256 of each file written
+) -> dict[str, tuple[int, str]]:
+    """Match what changed, then write every partition, rebuilt or shared with the last
+    release, and the release's state. Returns the size and SHA-256 of each file written
     (by absolute path)."""
     order = store.work_order
     work_dir = build_dir / "work"
@@ -506,9 +506,23 @@ def _build(
     # Object statistics come from the detections, so their changes count too.
     rebuild_obj = partitions_to_rebuild(obj_parts, prev_obj, changed_obj | changed_det, cell_order(order))
 
+    state = ReleaseState(
+        name=config.release,
+        salt=salt,
+        fingerprints=prints,
+        pixels=pixel_stats,
+        detection_partitions=det_parts,
+        object_partitions=obj_parts,
+        detection_schema=target,
+        units=np.sort(units["unit"].to_numpy(dtype=np.int64)),
+        batches=sorted(set(ledger["batch"])),
+    )
+
     # 4. Write: detections first, since object statistics are read from them.
     hashes: dict[str, tuple[int, str]] = {}
     with _stage(report, "write", say), ThreadPoolExecutor(1) as cleaner:
+        # The state is known: written while the workers write the partitions.
+        state_written = cleaner.submit(write_state, build_dir, state)
         det_dir, obj_dir = build_dir / "detections", build_dir / "objects"
         prev_dir = store.release_dir(previous.name) if previous else None
 
@@ -520,10 +534,12 @@ def _build(
 
         # What every task of a catalog needs and that grows with the catalog (the previous
         # release's partitions, the rematched pixels, the detections partitions) goes to
-        # the workers once, not with each of hundreds of thousands of tasks.
+        # the workers once, not with each of hundreds of thousands of tasks; to every
+        # worker, or the scheduler would favour the one that holds it.
         det_sources, det_index = sources("detections", prev_det), Partitions(det_parts)
         det_src, obj_src, det_index_f, written_det_f, rematched = client.scatter(
             [det_sources, sources("objects", prev_obj), det_index, frozenset(rebuild_det), frozenset(dirty)],
+            broadcast=True,
             hash=False,
         )
         # The refmap needs only the match output: its fields go first, beside the largest
@@ -609,6 +625,7 @@ def _build(
             {"primary_catalog": f"{name}_objects", "margin_threshold": MARGIN_ARCSEC},
         )
         refmap_written.rows(report, say, hashes)
+        state_written.result()
     report.detections = sum(det_rows.values())
     report.objects = sum(obj_rows.values())
     report.detection_only_objects = sum(s.detection_only for s in pixel_stats.values())
@@ -616,18 +633,7 @@ def _build(
     report.object_partitions = len(obj_parts)
     report.partitions_rebuilt = len(rebuild_det) + len(rebuild_obj)
     report.partitions_shared = len(det_parts) + len(obj_parts) - report.partitions_rebuilt
-    state = ReleaseState(
-        name=config.release,
-        salt=salt,
-        fingerprints=prints,
-        pixels=pixel_stats,
-        detection_partitions=det_parts,
-        object_partitions=obj_parts,
-        detection_schema=target,
-        units=np.sort(units["unit"].to_numpy(dtype=np.int64)),
-        batches=sorted(set(ledger["batch"])),
-    )
-    return state, hashes
+    return hashes
 
 
 def _plan(pixel_stats: dict[int, PixelResult], hist: str, max_rows: int) -> dict[tuple[int, int], int]:
@@ -774,7 +780,7 @@ def _submit_margins(
         return part in rebuilt or any(s in rebuilt for s in sources[part])
 
     catalog_dir, margin_dir = str(build_dir / "objects"), str(build_dir / MARGIN_CATALOG)
-    (with_pieces,) = client.scatter([frozenset(tasks)], hash=False)
+    (with_pieces,) = client.scatter([frozenset(tasks)], broadcast=True, hash=False)
     return _submit_partitions(
         client,
         parts,
@@ -957,7 +963,7 @@ def _build_locked(
         if config.strict and report.quarantined:
             quarantined = [f"{q['path']}: {q['reason']}" for q in report.quarantined]
             raise StrictBuildError(_strict_message(config.release, "quarantined", quarantined))
-        state, hashes = _build(client, config, store, build_dir, report, say)
+        hashes = _build(client, config, store, build_dir, report, say)
         if config.strict and (conflicts := _new_conflicts(store, staged, report.conflicts)):
             # Not kept: the next build meets the files again, as they then are.
             withdraw_batches(store.path, staged)
@@ -973,7 +979,6 @@ def _build_locked(
             "report": asdict(report),
         }
         remove_temporaries(build_dir)
-        write_state(build_dir, state)
         (build_dir / "release.json").write_text(json.dumps(info, indent=2, default=str))
         base = store.release_dir(report.base_release) if report.base_release else None
         write_checksums(build_dir, base, hashed=hashes)

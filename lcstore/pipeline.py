@@ -16,12 +16,14 @@ import json
 import logging
 import math
 import os
+import pickle
 import shutil
 import time
 from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import dask
 import numpy as np
@@ -395,16 +397,14 @@ def _run_match(
         return {}
     params = MatchParams(store.work_order, config.radius_arcsec, config.margin, config.cutoffs)
     batches = set(ledger["batch"])
-    # Both grow with the store: sent to the workers once, not with every task.
-    excluded, batches_f = client.scatter([selection.excluded, batches], broadcast=True, hash=False)
+    shared = _share(work_dir, "match", (batches, selection.excluded))
     # The largest pixels first, so that no worker is left with a big one at the end.
     futures = [
         client.submit(
-            match_pixel,
+            _match_task,
             pixel,
+            shared,
             store=str(store.path),
-            batches=batches_f,
-            excluded_units=excluded,
             params=params,
             work_dir=str(work_dir),
             priority=staged_bytes(store.path, pixel, batches),
@@ -413,6 +413,42 @@ def _run_match(
         for pixel in pixels
     ]
     return {r.pixel: r for r in gather(futures, "work pixels matched", say)}
+
+
+def _match_task(pixel: int, shared: str, store: str, params: MatchParams, work_dir: str) -> PixelResult:
+    """:func:`lcstore.match.match_pixel`, with the ingest batches and excluded units of
+    the build from the file ``shared``."""
+    batches, excluded = _load_shared(shared)
+    return match_pixel(pixel, store, batches, excluded, params, work_dir)
+
+
+def _share(work_dir: Path, name: str, value: object) -> str:
+    """Write ``value`` for the tasks of a step to load, once per worker process
+    (:func:`_load_shared`); return the file's path.
+
+    What every task of a step needs and that grows with the store (the ingest batches,
+    the previous release's partitions, the rematched pixels...) goes to the workers this
+    way, not in every task's arguments: at survey scale those would carry megabytes,
+    hundreds of thousands of times. Nor as data Dask holds (``Client.scatter``): tasks
+    that depend on it are assigned to workers when submitted, not as workers free up, and
+    the write step then ran 0.5 s longer on dense20m.
+    """
+    path = work_dir / "shared" / f"{name}.pickle"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL))
+    return str(path)
+
+
+def _load_shared(path: str) -> Any:
+    """The value :func:`_share` wrote to ``path``, read once per worker process (and again
+    only if the file changed)."""
+    stat = os.stat(path)
+    return _read_shared(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _read_shared(path: str, mtime_ns: int, size: int) -> Any:
+    return pickle.loads(Path(path).read_bytes())
 
 
 def _detection_schema(work_dir: Path, previous: pa.Schema | None) -> pa.Schema:
@@ -532,24 +568,17 @@ def _build(
                 str(work_dir), order, frozenset(dirty), previous_dir, Partitions(previous_parts)
             )
 
-        # What every task of a catalog needs and that grows with the catalog (the previous
-        # release's partitions, the rematched pixels, the detections partitions) goes to
-        # the workers once, not with each of hundreds of thousands of tasks; to every
-        # worker, or the scheduler would favour the one that holds it.
-        det_sources, det_index = sources("detections", prev_det), Partitions(det_parts)
-        det_src, obj_src, det_index_f, written_det_f, rematched = client.scatter(
-            [det_sources, sources("objects", prev_obj), det_index, frozenset(rebuild_det), frozenset(dirty)],
-            broadcast=True,
-            hash=False,
-        )
+        det_index = Partitions(det_parts)
+        det_shared = _share(work_dir, "detections", sources("detections", prev_det))
         # The refmap needs only the match output: its fields go first, beside the largest
         # detections partitions.
         refmap_written = _submit_refmap(
             client,
             _refmap_fields(pixel_stats, results, dirty, previous),
             results,
-            det_sources,
-            rematched,
+            work_dir,
+            order,
+            frozenset(dirty),
             prev_dir,
             build_dir,
             priority=max(det_plan.values(), default=0),
@@ -561,8 +590,7 @@ def _build(
             prev_dir,
             "detections",
             det_dir,
-            lambda part, src: write_detection_partition(src, *part, target, str(det_dir)),
-            args=lambda part: (det_src,),
+            lambda part: write_detection_partition(_load_shared(det_shared), *part, target, str(det_dir)),
         )
         # An objects partition reads the detections partitions it overlaps, so it waits for
         # those only, not for every detections partition.
@@ -570,6 +598,18 @@ def _build(
         # Each objects partition also leaves the rows its neighbours' margins take from it.
         margin_from, margin_targets = margin_plan(obj_parts, MARGIN_ARCSEC)
         pieces_dir = str(work_dir / "margin")
+        obj_shared = _share(
+            work_dir,
+            "objects",
+            (sources("objects", prev_obj), det_index, frozenset(rebuild_det), margin_targets),
+        )
+
+        def write_objects(part: tuple[int, int]) -> int:
+            obj_src, detections, written, targets = _load_shared(obj_shared)
+            return _objects_and_margin_pieces(
+                part, obj_src, str(det_dir), detections, str(obj_dir), written, targets[part], pieces_dir
+            )
+
         obj_written = _submit_partitions(
             client,
             obj_plan,
@@ -577,10 +617,7 @@ def _build(
             prev_dir,
             "objects",
             obj_dir,
-            lambda part, src, det_index, written, targets: _objects_and_margin_pieces(
-                part, src, str(det_dir), det_index, str(obj_dir), written, targets, pieces_dir
-            ),
-            args=lambda part: (obj_src, det_index_f, written_det_f, margin_targets[part]),
+            write_objects,
             after=lambda part: [det_tasks[p] for p in det_index.overlapping(*part) if p in det_tasks],
         )
         margin_written = _submit_margins(
@@ -592,6 +629,7 @@ def _build(
             prev_dir,
             build_dir,
             pieces_dir,
+            work_dir,
         )
         name = config.release
         det_rows = det_written.rows(report, say, hashes)
@@ -669,11 +707,11 @@ class _Written:
     sha256: str | None
 
 
-def _timed(part: Hashable, write: Callable[..., int], after: list, path: str, args: tuple = ()) -> _Written:
-    """``write(part, *args)``, which writes the file ``path`` (or none, for no rows);
-    ``after`` holds the results of the tasks it waits for."""
+def _timed(part: Hashable, write: Callable[[Hashable], int], after: list, path: str) -> _Written:
+    """``write(part)``, which writes the file ``path`` (or none, for no rows); ``after``
+    holds the results of the tasks it waits for."""
     start = time.perf_counter()
-    rows = write(part, *args)
+    rows = write(part)
     seconds = time.perf_counter() - start
     if not os.path.exists(path):
         return _Written(rows, seconds, None, None)
@@ -710,13 +748,11 @@ def _submit_partitions(
     previous_release: Path | None,
     catalog: str,
     catalog_dir: Path,
-    write: Callable[..., int],
-    args: Callable[[tuple[int, int]], tuple] = lambda part: (),
+    write: Callable[[tuple[int, int]], int],
     after: Callable[[tuple[int, int]], list[Future]] = lambda part: [],
 ) -> _PartitionWrites:
     """Hard-link the unchanged partitions from the previous release and submit the writes
-    of the others: ``write(part, *args(part))`` (futures in ``args`` are passed as their
-    results), each after the tasks ``after(part)``."""
+    of the others, each after the tasks ``after(part)``."""
     shared = {
         part: share_partition(str(previous_release / catalog), str(catalog_dir), *part)
         for part in parts
@@ -727,16 +763,7 @@ def _submit_partitions(
     }
     # The largest partitions first, so that no worker is left with a big one at the end.
     tasks = {
-        p: client.submit(
-            _timed,
-            p,
-            write=write,
-            after=after(p),
-            path=path,
-            args=args(p),
-            priority=parts[p],
-            pure=False,
-        )
+        p: client.submit(_timed, p, write=write, after=after(p), path=path, priority=parts[p], pure=False)
         for p, path in paths_of.items()
     }
     return _PartitionWrites(catalog, tasks, shared, paths_of)
@@ -767,6 +794,7 @@ def _submit_margins(
     previous_release: Path | None,
     build_dir: Path,
     pieces_dir: str,
+    work_dir: Path,
 ) -> _PartitionWrites:
     """Submit the margin of every objects partition whose rows or whose band's rows (from
     the partitions ``sources`` maps it to) changed, each after the writes of those
@@ -780,7 +808,14 @@ def _submit_margins(
         return part in rebuilt or any(s in rebuilt for s in sources[part])
 
     catalog_dir, margin_dir = str(build_dir / "objects"), str(build_dir / MARGIN_CATALOG)
-    (with_pieces,) = client.scatter([frozenset(tasks)], broadcast=True, hash=False)
+    shared = _share(work_dir, "margins", (sources, frozenset(tasks)))
+
+    def write(part: tuple[int, int]) -> int:
+        reaching, with_pieces = _load_shared(shared)
+        return write_margin_partition(
+            catalog_dir, reaching[part], *part, MARGIN_ARCSEC, margin_dir, pieces_dir, with_pieces
+        )
+
     return _submit_partitions(
         client,
         parts,
@@ -788,10 +823,7 @@ def _submit_margins(
         previous_release,
         MARGIN_CATALOG,
         build_dir / MARGIN_CATALOG,
-        lambda part, reaching, pieces: write_margin_partition(
-            catalog_dir, reaching, *part, MARGIN_ARCSEC, margin_dir, pieces_dir, pieces
-        ),
-        args=lambda part: (sources[part], with_pieces),
+        write,
         after=lambda part: [tasks[p] for p in (part, *sources[part]) if p in tasks],
     )
 
@@ -819,41 +851,32 @@ def _submit_refmap(
     client: Client,
     fields: tuple[set[int], set[int]],
     results: dict[int, PixelResult],
-    sources: PartitionSources,
-    rematched: Future,
+    work_dir: Path,
+    work_order: int,
+    rematched: frozenset[int],
     previous_release: Path | None,
     build_dir: Path,
     priority: int,
 ) -> _PartitionWrites:
     """Submit the refmap file of each field of ``fields[1]`` (written from this build's
-    pieces and the previous release's rows of the pixels ``sources`` did not rematch:
-    ``rematched``, their set on the workers); hard-link the others."""
+    pieces and the previous release's rows of the pixels not in ``rematched``);
+    hard-link the others."""
     every, rebuild = fields
     previous = str(previous_release) if previous_release else None
     write_schema(schema.REFMAP_SCHEMA, build_dir)
     shared = {f: share_field(previous, str(build_dir), f) for f in every - rebuild}
+    rematched_file = _share(work_dir, "refmap", rematched)
     tasks, paths_of = {}, {}
     for f in sorted(rebuild):
         holding = [p for p, r in results.items() if f in r.refmap_fields]
-        pieces = [str(piece_file(sources.work_dir, p)) for p in holding]
-        write = functools.partial(
-            write_field,
-            pieces=pieces,
-            previous_release=previous,
-            work_order=sources.work_order,
-            release_dir=str(build_dir),
-        )
+        pieces = [str(piece_file(work_dir, p)) for p in holding]
+
+        def write(field: int, pieces: list[str] = pieces) -> int:
+            rematched = _load_shared(rematched_file)
+            return write_field(field, rematched, pieces, previous, work_order, str(build_dir))
+
         path = str(field_file(build_dir, f))
-        tasks[f] = client.submit(
-            _timed,
-            f,
-            write=write,
-            after=[],
-            path=path,
-            args=(rematched,),
-            priority=priority,
-            pure=False,
-        )
+        tasks[f] = client.submit(_timed, f, write=write, after=[], path=path, priority=priority, pure=False)
         paths_of[f] = path
     return _PartitionWrites("refmap", tasks, shared, paths_of)
 

@@ -112,7 +112,7 @@ def catalog_rank(refs: pa.Table) -> np.ndarray:
     (:data:`lcstore.schema.REF_CATALOG_KEY`; filters in :data:`lcstore.schema.FILTERCODES`
     order)."""
     keys = [
-        filter_rank(refs.column(c)) if c == "filtercode" else refs.column(c).to_numpy()
+        _filter_rank(refs.column(c)) if c == "filtercode" else refs.column(c).to_numpy()
         for c in schema.REF_CATALOG_KEY
     ]
     order = np.lexsort(keys[::-1])
@@ -125,7 +125,7 @@ def catalog_rank(refs: pa.Table) -> np.ndarray:
     return rank
 
 
-def filter_rank(codes: pa.ChunkedArray | pa.Array) -> np.ndarray:
+def _filter_rank(codes: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Position of each filter code in :data:`lcstore.schema.FILTERCODES` (validated codes)."""
     names = pa.array(schema.FILTERCODES, type=codes.type)
     return pc.index_in(codes, value_set=names).to_numpy(zero_copy_only=False)

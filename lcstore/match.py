@@ -112,7 +112,7 @@ def catalog_rank(refs: pa.Table) -> np.ndarray:
     (:data:`lcstore.schema.REF_CATALOG_KEY`; filters in :data:`lcstore.schema.FILTERCODES`
     order)."""
     keys = [
-        _filter_rank(refs.column(c)) if c == "filtercode" else refs.column(c).to_numpy()
+        schema.filter_positions(refs.column(c)) if c == "filtercode" else refs.column(c).to_numpy()
         for c in schema.REF_CATALOG_KEY
     ]
     order = np.lexsort(keys[::-1])
@@ -123,12 +123,6 @@ def catalog_rank(refs: pa.Table) -> np.ndarray:
     rank = np.empty(len(order), dtype=np.int64)
     rank[order] = np.cumsum(starts)
     return rank
-
-
-def _filter_rank(codes: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Position of each filter code in :data:`lcstore.schema.FILTERCODES` (validated codes)."""
-    names = pa.array(schema.FILTERCODES, type=codes.type)
-    return pc.index_in(codes, value_set=names).to_numpy(zero_copy_only=False)
 
 
 def _time_order(dets: pa.Table) -> np.ndarray:

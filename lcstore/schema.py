@@ -88,6 +88,21 @@ MJD_MIN = 0.0
 MJD_MAX = 88069.0
 
 
+def filter_positions(codes: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Position of each filter code in :data:`FILTERCODES` (band order).
+
+    Raises
+    ------
+    ValueError
+        For a code that is not one of :data:`FILTERCODES`.
+    """
+    position = pc.index_in(codes, value_set=pa.array(FILTERCODES, type=codes.type))
+    if position.null_count:
+        unknown = pc.filter(codes, pc.is_null(position)).unique().to_pylist()
+        raise ValueError(f"unknown filter code(s) {unknown}: expected one of {list(FILTERCODES)}")
+    return position.to_numpy(zero_copy_only=False)
+
+
 def ztf_objectid(
     field: int | np.ndarray | pa.ChunkedArray,
     filtercode: str | np.ndarray | pa.ChunkedArray,
@@ -116,15 +131,12 @@ def ztf_objectid(
     Raises
     ------
     ValueError
-        For a filter code that is not one of :data:`FILTER_IDS`.
+        For a filter code that is not one of :data:`FILTERCODES`.
     """
     arrow = isinstance(filtercode, pa.ChunkedArray | pa.Array)
     codes = filtercode if arrow else pa.array(np.ravel(filtercode))
-    position = pc.index_in(codes, value_set=pa.array(list(FILTER_IDS), type=codes.type))
-    if position.null_count:
-        unknown = pc.filter(codes, pc.is_null(position)).unique().to_pylist()
-        raise ValueError(f"unknown filter code(s) {unknown}: expected one of {list(FILTER_IDS)}")
-    filterid = np.array(list(FILTER_IDS.values()), dtype=np.int64)[position.to_numpy(zero_copy_only=False)]
+    ids = np.array([FILTER_IDS[code] for code in FILTERCODES], dtype=np.int64)
+    filterid = ids[filter_positions(codes)]
     if not arrow and np.ndim(filtercode) == 0:
         filterid = filterid[0]
     parts = (field, filterid, ccdid, qid, refsid)

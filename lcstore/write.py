@@ -167,8 +167,8 @@ class PartitionSources:
     in ``work_dir``; all other rows are unchanged since the previous release and are read
     from its partitions ``previous_parts`` of catalog ``previous_dir``.
 
-    It grows with the catalog: the build hands it to the workers once (``Client.scatter``),
-    not with every task.
+    It grows with the catalog: the build writes it once for the workers to load
+    (``pipeline._share``), not into every task's arguments.
     """
 
     work_dir: str

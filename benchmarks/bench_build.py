@@ -117,7 +117,9 @@ def main() -> None:
         print("lsdb pipeline", flush=True)
         from dask.distributed import Client, LocalCluster
 
-        with LocalCluster(n_workers=max(args.workers), threads_per_worker=1) as cluster, Client(cluster):
+        # Its workers import lsdb when they start, as lcstore's import lcstore (WORKER_PRELOAD).
+        peers = LocalCluster(n_workers=max(args.workers), threads_per_worker=1, preload=["lsdb"])
+        with peers as cluster, Client(cluster):
             results["lsdb"] = lsdb_pipeline(args.survey, args.work / "lsdb")
         best = min(r["seconds"] for r in results["lcstore"] if r["workers"] == max(args.workers))
         results["lsdb_over_lcstore"] = round(results["lsdb"]["seconds"] / best, 1)

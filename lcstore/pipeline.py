@@ -167,9 +167,19 @@ class BuildReport:
         return "\n".join(lines)
 
 
+#: The module every worker imports when it starts (Dask's ``preload``): the build's tasks
+#: are functions of lcstore's modules, which import hats, lsdb's dependencies and numba,
+#: 1.3 s of CPU a worker process. Imported at the first task instead, that time falls
+#: inside the first build and delays its first tasks (dense20m: 19.4-21.0 s a build
+#: without it, 18.6-18.9 s with it; docs/benchmarks.md). Workers started another way
+#: take ``--preload lcstore.pipeline`` (cluster/README.md).
+WORKER_PRELOAD = "lcstore.pipeline"
+
+
 @contextlib.contextmanager
 def dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Client]:
-    """A client on an existing scheduler, or on a new LocalCluster of ``workers`` processes."""
+    """A client on an existing scheduler, or on a new LocalCluster of ``workers`` processes
+    that have imported lcstore (:data:`WORKER_PRELOAD`)."""
     if scheduler:
         with Client(scheduler) as client:
             yield client
@@ -179,6 +189,7 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     # Dask's profiler samples each worker's stack every 10 ms; the build's tasks report
     # their own step times, so the workers do without it (0.8 CPU-s a dense20m build).
     settings["distributed.worker.profile.enabled"] = False
+    settings["distributed.worker.preload"] = [WORKER_PRELOAD]
     with (
         dask.config.set(settings),
         LocalCluster(

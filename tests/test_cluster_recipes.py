@@ -20,6 +20,7 @@ from dask_jobqueue.core import Job
 
 from lcstore.allocator import WORKER_ENVIRONMENT
 from lcstore.cli import main as lcstore_main
+from lcstore.pipeline import WORKER_PRELOAD
 from lcstore.schedule import load_schedule
 from lcstore.simulate import load_truth
 from lcstore.store import Store
@@ -79,7 +80,13 @@ def test_slurm_job_script_from_the_config(jobqueue_config):
     (command,) = [line for line in lines if "distributed.cli.dask_worker" in line]
     # Eight single-threaded workers of 8 GiB each: one work pixel in memory per worker.
     assert command.startswith(f"{sys.executable} -m distributed.cli.dask_worker tcp://127.0.0.1:")
-    for option in ["--nthreads 1", "--nworkers 8", "--memory-limit 8.00GiB", "--death-timeout 120"]:
+    for option in [
+        "--nthreads 1",
+        "--nworkers 8",
+        "--memory-limit 8.00GiB",
+        "--death-timeout 120",
+        f"--preload {WORKER_PRELOAD}",
+    ]:
         assert option in command
     assert "--local-directory ${TMPDIR:-/tmp}" in command
 
@@ -111,6 +118,7 @@ def test_pbs_job_script_from_the_config(jobqueue_config):
     (command,) = [line for line in lines if "distributed.cli.dask_worker" in line]
     assert "--nthreads 1" in command
     assert "--memory-limit 8.00GiB" in command
+    assert f"--preload {WORKER_PRELOAD}" in command
 
 
 def test_launcher_help():
@@ -214,6 +222,7 @@ def test_daskcluster_manifest():
     args = container["args"]
     assert args[:2] == ["dask", "worker"]
     assert args[args.index("--nthreads") + 1] == "1"
+    assert args[args.index("--preload") + 1] == WORKER_PRELOAD
     # Dask's memory limit is the container's, so the nanny restarts a worker before the
     # kernel kills it.
     limits, requests = container["resources"]["limits"], container["resources"]["requests"]

@@ -282,3 +282,12 @@ def test_hash_chunks_keep_order_and_give_every_worker_two(n, workers):
     if len(paths) >= 2 * workers:
         assert len(chunks) >= 2 * workers - 1  # the last chunk may take the remainder
         assert max(map(len, chunks)) - min(map(len, chunks[:-1]), default=0) <= 1
+
+
+def test_local_cluster_workers_import_lcstore_when_they_start():
+    from lcstore.pipeline import WORKER_PRELOAD, dask_client
+
+    # ``eval`` is pickled by name: the check itself imports nothing on the workers.
+    imported = f"{WORKER_PRELOAD!r} in __import__('sys').modules"
+    with dask_client(workers=1) as client:
+        assert all(client.run(eval, imported).values())

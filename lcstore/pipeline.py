@@ -167,12 +167,13 @@ class BuildReport:
         return "\n".join(lines)
 
 
-#: The module every worker imports when it starts (Dask's ``preload``): the build's tasks
-#: are functions of lcstore's modules, which import hats, lsdb's dependencies and numba,
-#: 1.3 s of CPU a worker process. Imported at the first task instead, that time falls
-#: inside the first build and delays its first tasks (dense20m: 19.4-21.0 s a build
-#: without it, 18.6-18.9 s with it; docs/benchmarks.md). Workers started another way
-#: take ``--preload lcstore.pipeline`` (cluster/README.md).
+#: The module every worker imports when it starts (Dask's ``preload``). The build's tasks
+#: are functions of lcstore's modules, which import hats, astropy and numba: 1.2-1.4 s of
+#: CPU a worker process, otherwise spent in the first task it runs, which holds up the
+#: build (`lcstore build` on dense20m: hashing 1.7-1.9 -> 0.7 s, docs/benchmarks.md).
+#: Workers spawned by a script that imports lcstore.pipeline itself, as the benchmarks
+#: do, import it anyway (multiprocessing re-imports the main module). ``dask worker``
+#: processes take ``--preload lcstore.pipeline`` (cluster/README.md).
 WORKER_PRELOAD = "lcstore.pipeline"
 
 

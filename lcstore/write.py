@@ -17,10 +17,11 @@ Catalog layout (HATS)::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,25 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
 
+#: Bytes the writers gather before each ``write`` to the file system.
+WRITE_BUFFER_BYTES = 1 << 20
+
+
+@contextlib.contextmanager
+def _buffered_sink(path: Path) -> Iterator[pa.NativeFile]:
+    """A file opened for writing, whose small writes reach the file system 1 MiB at a time.
+
+    Parquet and Arrow IPC writers write each page or buffer as it is encoded: thousands of
+    writes of a few kB for a release partition or a staging file. The kernel zeroes the
+    rest of each fresh page-cache page (folio) a write only partly fills, and then copies
+    the next write over it; whole 1 MiB writes fill their pages. A batch of 30,000-row
+    staging files: 0.28-0.31 -> 0.24 s, kernel time 0.15 -> 0.05-0.12 s; release
+    partitions 10 % faster (docs/benchmarks.md).
+    """
+    with pa.OSFile(str(path), "wb") as file, pa.BufferedOutputStream(file, WRITE_BUFFER_BYTES) as sink:
+        yield sink
+
+
 def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
     """Write a Parquet file so that it appears whole or not at all.
 
@@ -103,15 +123,16 @@ def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None =
     :class:`lcstore.errors.DamagedFileError` instead of returning wrong values.
     """
     tmp = _temporary(path)
-    pq.write_table(
-        table,
-        tmp,
-        row_group_size=row_group_size,
-        use_dictionary=dictionary_columns(table.schema),
-        write_statistics=statistics_columns(table.schema),
-        compression=column_compression(table.schema),
-        write_page_checksum=True,
-    )
+    with _buffered_sink(tmp) as sink:
+        pq.write_table(
+            table,
+            sink,
+            row_group_size=row_group_size,
+            use_dictionary=dictionary_columns(table.schema),
+            write_statistics=statistics_columns(table.schema),
+            compression=column_compression(table.schema),
+            write_page_checksum=True,
+        )
     os.replace(tmp, path)
 
 
@@ -120,7 +141,7 @@ def atomic_write_arrow(table: pa.Table, path: Path, compression: str | None = No
     whole or not at all. For the store's own internal files, never for releases."""
     tmp = _temporary(path)
     options = pa.ipc.IpcWriteOptions(compression=compression)
-    with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
+    with _buffered_sink(tmp) as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
         writer.write_table(table)
     os.replace(tmp, path)
 

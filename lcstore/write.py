@@ -101,18 +101,26 @@ WRITE_BUFFER_BYTES = 1 << 20
 
 
 @contextlib.contextmanager
-def _buffered_sink(path: Path) -> Iterator[pa.NativeFile]:
-    """A file opened for writing, whose small writes reach the file system 1 MiB at a time.
+def _atomic_sink(path: Path) -> Iterator[pa.NativeFile]:
+    """A stream whose bytes become the file ``path`` whole when the block ends, or not at
+    all: they go to a temporary file, renamed into place at the end and removed if the
+    block raises.
 
-    Parquet and Arrow IPC writers write each page or buffer as it is encoded: thousands of
-    writes of a few kB for a release partition or a staging file. The kernel zeroes the
-    rest of each fresh page-cache page (folio) a write only partly fills, and then copies
-    the next write over it; whole 1 MiB writes fill their pages. A batch of 30,000-row
-    staging files: 0.28-0.31 -> 0.24 s, kernel time 0.15 -> 0.05-0.12 s; release
-    partitions 10 % faster (docs/benchmarks.md).
+    Writes reach the file system 1 MiB at a time. Parquet and Arrow IPC writers write each
+    page or buffer as they encode it, thousands of writes of a few kB for a release
+    partition or a staging file, and the kernel zeroes the rest of each fresh page-cache
+    page a write fills only in part before the next write copies over it. A batch's
+    staging files of 30,000 rows: 0.28-0.31 -> 0.24 s, kernel time 0.15 -> 0.05-0.12 s;
+    dense20m's release partitions 6.0-6.25 -> 5.4-5.6 s (docs/benchmarks.md).
     """
-    with pa.OSFile(str(path), "wb") as file, pa.BufferedOutputStream(file, WRITE_BUFFER_BYTES) as sink:
-        yield sink
+    tmp = _temporary(path)
+    try:
+        with pa.OSFile(str(tmp), "wb") as file, pa.BufferedOutputStream(file, WRITE_BUFFER_BYTES) as sink:
+            yield sink
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
 def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
@@ -122,8 +130,7 @@ def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None =
     that ask for it check: lcstore's own queries do, so a page damaged on disk raises
     :class:`lcstore.errors.DamagedFileError` instead of returning wrong values.
     """
-    tmp = _temporary(path)
-    with _buffered_sink(tmp) as sink:
+    with _atomic_sink(path) as sink:
         pq.write_table(
             table,
             sink,
@@ -133,17 +140,14 @@ def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None =
             compression=column_compression(table.schema),
             write_page_checksum=True,
         )
-    os.replace(tmp, path)
 
 
 def atomic_write_arrow(table: pa.Table, path: Path, compression: str | None = None) -> None:
     """Write an Arrow IPC file (``compression``: None, "lz4" or "zstd") so that it appears
     whole or not at all. For the store's own internal files, never for releases."""
-    tmp = _temporary(path)
     options = pa.ipc.IpcWriteOptions(compression=compression)
-    with _buffered_sink(tmp) as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
+    with _atomic_sink(path) as sink, pa.ipc.new_file(sink, table.schema, options=options) as writer:
         writer.write_table(table)
-    os.replace(tmp, path)
 
 
 def read_arrow(path: str | Path) -> pa.Table:

@@ -395,24 +395,29 @@ def assert_finished_like_reference(store: Path, world: World, dr1_before: dict[s
 def kill_moments(world: World, n_kills: int, rng: np.random.Generator) -> list[tuple[str, float]]:
     """Seeded kill moments, each ``(progress line, delay in seconds after it)``, shuffled.
 
-    Most are stratified over 5-95 % of an uninterrupted build, from the moment it holds
-    the lock to its exit, and timed from the last progress line before them, so that a
-    rerun, which has less left to ingest, is still killed in the same stage. Three more
-    fall inside the short stages (match, write, publish), which would otherwise get few.
+    Most are stratified over 5-95 % of an uninterrupted build's work, from the moment it
+    holds the lock to "[publish] done", and timed from the last progress line before
+    them, so that a rerun, which has less left to ingest, is still killed in the same
+    stage. One more falls inside each stage, so that short stages are hit too, and one in
+    the shutdown after publishing. The one in ingest comes first, in a fresh store: the
+    DR2 build ingests in under 0.1 s once the workers have imported lcstore, and a rerun
+    has even less left to ingest.
     """
     t = world.timeline
     starts = [("building release", 0.0)] + [(mark, t[name]) for name, mark in STAGE_MARKS[1:]]
-    n = n_kills - 3
+    n = n_kills - 5
     moments = []
-    for at in t["exit"] * (0.05 + 0.9 * (np.arange(n) + rng.uniform(size=n)) / n):
+    for at in t["after publish"] * (0.05 + 0.9 * (np.arange(n) + rng.uniform(size=n)) / n):
         mark, start = [(m, s) for m, s in starts if s <= at][-1]
         moments.append((mark, float(at - start)))
     moments += [
         ("[ingest] done", float(rng.uniform(0, t["write"] - t["match"]))),
         ("[match] done", float(rng.uniform(0, t["publish"] - t["write"]))),
         ("[write] done", 0.0),
+        ("[publish] done", float(rng.uniform(0, t["exit"] - t["after publish"]))),
     ]
-    return [moments[i] for i in rng.permutation(len(moments))]
+    in_ingest = ("building release", float(rng.uniform(0, t["match"] / 2)))
+    return [in_ingest] + [moments[i] for i in rng.permutation(len(moments))]
 
 
 #: Kills per store before the build is rerun to its end.

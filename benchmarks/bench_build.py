@@ -117,7 +117,7 @@ def main() -> None:
         print("lsdb pipeline", flush=True)
         from dask.distributed import Client, LocalCluster
 
-        # Its workers import lsdb when they start, as lcstore's import lcstore (WORKER_PRELOAD).
+        # Its workers import lsdb when they start, as lcstore's workers import lcstore (WORKER_PRELOAD).
         peers = LocalCluster(n_workers=max(args.workers), threads_per_worker=1, preload=["lsdb"])
         with peers as cluster, Client(cluster):
             results["lsdb"] = lsdb_pipeline(args.survey, args.work / "lsdb")

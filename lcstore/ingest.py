@@ -592,7 +592,8 @@ def stage_batch(
     rows = 0
     if tables:
         with timer.step("index"):
-            # One chunk: ``take`` over the thousands of per-file slices is 4x slower.
+            # One chunk, then one take. A take straight from the per-file slices skips this
+            # copy but was no faster over a whole batch (pyarrow 26: 0.83 vs 0.80 s for 800 files).
             table = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
             unit_of_row = np.repeat(np.arange(len(ledger)), [t.num_rows for t in tables])  # ledger position
             tables.clear()  # the rows live on in ``table``; drop the per-unit references

@@ -323,6 +323,11 @@ def _read_staged(
     return table, (None if keep.all() else keep)
 
 
+def _with_ref(table: pa.Table) -> int:
+    """Rows of ``table`` whose object has a reference source (``has_ref``)."""
+    return int(pc.sum(table.column(schema.HAS_REF)).as_py() or 0)
+
+
 class _Output:
     """Writes a pixel's matched detections as they come, in parts of up to
     OUTPUT_PART_ROWS rows, and keeps their summaries."""
@@ -361,7 +366,7 @@ class _Output:
             write_sorted_run(out.slice(start, end - start), path)
         self.parts += 1
         self.rows += out.num_rows
-        self.matched += int(out.column(schema.HAS_REF).to_numpy().sum())
+        self.matched += _with_ref(out)
         self.index29.append(index29)
         for cell, (total, count) in cell_sums(
             out, DETECTION_DIGEST_COLUMNS, cell_order(self.params.work_order)
@@ -428,7 +433,7 @@ def match_pixel(
         detections=output.rows,
         matched=output.matched,
         objects=objects.num_rows,
-        detection_only=objects.num_rows - int(pc.sum(objects.column(schema.HAS_REF)).as_py() or 0),
+        detection_only=objects.num_rows - _with_ref(objects),
         detection_hist=detection_hist,
         object_hist=object_hist,
         refmap_fields=fields_of(matcher.refmap.column("ztf_oid").to_numpy()),

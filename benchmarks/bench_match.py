@@ -18,8 +18,8 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 import numpy as np
 import pandas as pd
 
-from lcstore.crossmatch import chord_of, nearest_within
-from lcstore.healpix import spatial_index, unit_vectors
+from lcstore.kernels.crossmatch import chord_of, nearest_within
+from lcstore.kernels.healpix import spatial_index, unit_vectors
 
 RADIUS = 1.5
 

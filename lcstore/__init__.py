@@ -9,7 +9,7 @@ Query a published release::
     rel.lightcurve(objectid, time=(58300.0, 58400.0), bad_catflags_mask=32768)
     rel.sql("SELECT count(*) FROM objects")
 
-Build one with ``lcstore build`` (see ``lcstore --help``) or :mod:`lcstore.pipeline`.
+Build one with ``lcstore build`` (see ``lcstore --help``) or :mod:`lcstore.build`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from lcstore.errors import (
 )
 
 if TYPE_CHECKING:
-    from lcstore.release import ObjectNotFoundError, Release, open
+    from lcstore.query.release import ObjectNotFoundError, Release, open
 
 try:
     __version__ = version("lcstore")
@@ -47,14 +47,14 @@ __all__ = [
     "open",
 ]
 
-#: Names served by lcstore.release, imported on first use: the query stack (pyarrow, hats,
+#: Names served by lcstore.query.release, imported on first use: the query stack (pyarrow, hats,
 #: duckdb) takes about a second to import, which `import lcstore` should not pay.
 _LAZY = frozenset({"ObjectNotFoundError", "Release", "open"})
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from lcstore import release
+        from lcstore.query import release
 
         return getattr(release, name)
     raise AttributeError(f"module 'lcstore' has no attribute {name!r}")

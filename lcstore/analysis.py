@@ -35,7 +35,7 @@ from lcstore.errors import QueryError
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from lcstore.release import Release
+    from lcstore.query.release import Release
 
 __all__ = [
     "BAND_COLORS",

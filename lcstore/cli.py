@@ -1,6 +1,6 @@
 """The ``lcstore`` command: build releases, simulate surveys and query releases.
 
-It sits on the public API only (:func:`lcstore.open`, :func:`lcstore.pipeline.build_release`,
+It sits on the public API only (:func:`lcstore.open`, :func:`lcstore.build.build_release`,
 :func:`lcstore.simulate.simulate`). Heavy modules are imported by the subcommand that
 needs them, so ``lcstore --help`` answers at once.
 
@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
-from lcstore.errors import LcstoreError
-from lcstore.store import DEFAULT_WORK_ORDER, Store
+from lcstore.errors import LcstoreError, MissingDependencyError
+from lcstore.io.store import DEFAULT_WORK_ORDER, Store
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -253,10 +255,10 @@ def _emit(frame: pd.DataFrame, args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from lcstore.embargo import Cutoffs
+    from lcstore.build import BuildConfig, build_release, dask_client
+    from lcstore.build.publish import interrupted_publish
     from lcstore.errors import ReleaseExistsError, StrictBuildError
-    from lcstore.pipeline import BuildConfig, build_release, dask_client
-    from lcstore.publish import interrupted_publish
+    from lcstore.kernels.embargo import Cutoffs
 
     optional = {
         "work_order": args.work_order,
@@ -289,14 +291,34 @@ def _build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optional(module: str, extra: str, command: str) -> ModuleType:
+    """``module``, which needs the optional dependencies of lcstore's ``extra``.
+
+    Raises
+    ------
+    MissingDependencyError
+        If one of them is not installed; the message says what to install.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name is None or err.name.split(".")[0] == "lcstore":
+            raise
+        raise MissingDependencyError(
+            f"{command} needs the package {err.name!r}, which is not installed: "
+            f"pip install 'lcstore[{extra}]'"
+        ) from err
+
+
 def _simulate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from lcstore.simulate import PRESETS, simulate
+    simulation = _optional("lcstore.simulate", "simulate", "lcstore simulate")
+    presets, simulate = simulation.PRESETS, simulation.simulate
 
-    if args.preset not in PRESETS:
-        args.parser.error(f"unknown preset {args.preset!r}; presets: {', '.join(PRESETS)}")
-    spec = PRESETS[args.preset]
+    if args.preset not in presets:
+        args.parser.error(f"unknown preset {args.preset!r}; presets: {', '.join(presets)}")
+    spec = presets[args.preset]
     if args.seed is not None:
         spec = replace(spec, seed=args.seed)
     try:
@@ -349,7 +371,7 @@ def _sql(args: argparse.Namespace) -> int:
 def _releases(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from lcstore.store import Store
+    from lcstore.io.store import Store
 
     store = Store(args.store)
     store.config()
@@ -380,14 +402,13 @@ def _releases(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     if args.port > 65535:
         args.parser.error(f"--port must be at most 65535, got {args.port}")
-    from lcstore.service import serve
-
-    serve(args.store, host=args.host, port=args.port)
+    service = _optional("lcstore.service", "service", "lcstore serve")
+    service.serve(args.store, host=args.host, port=args.port)
     return 0
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from lcstore.diff import diff_releases
+    from lcstore.ops.diff import diff_releases
 
     changes = diff_releases(args.store, args.old, args.new)
     print(json.dumps(changes.as_dict(), indent=2) if args.json else changes.summary())
@@ -395,7 +416,8 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _withdraw(args: argparse.Namespace) -> int:
-    from lcstore.withdraw import restore, withdraw, withdrawals
+    from lcstore.io.withdrawals import withdrawals
+    from lcstore.ops.withdraw import restore, withdraw
 
     if args.list:
         Store(args.store).config()
@@ -420,7 +442,7 @@ def _withdraw(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from lcstore.verify import verify_store
+    from lcstore.ops.verify import verify_store
 
     store = Store(args.store)
     store.config()

@@ -70,3 +70,8 @@ class StoreLockedError(StoreError):
 
 class StrictBuildError(LcstoreError):
     """A ``--strict`` build met bad input; nothing was published."""
+
+
+class MissingDependencyError(LcstoreError, ImportError):
+    """A feature needs an optional dependency that is not installed; the message names the
+    extra to install (``pip install 'lcstore[service]'``)."""

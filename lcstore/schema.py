@@ -87,6 +87,10 @@ RESERVED_COLUMNS: frozenset[str] = frozenset({OBJECTID, OBJECT_RA, OBJECT_DEC, H
 MJD_MIN = 0.0
 MJD_MAX = 88069.0
 
+#: The two kinds of input: epochal source catalogs and reference catalogs.
+EPOCHS = "epochs"
+REFS = "refs"
+
 
 def filter_positions(codes: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Position of each filter code in :data:`FILTERCODES` (band order).
@@ -101,45 +105,3 @@ def filter_positions(codes: pa.ChunkedArray | pa.Array) -> np.ndarray:
         unknown = pc.filter(codes, pc.is_null(position)).unique().to_pylist()
         raise ValueError(f"unknown filter code(s) {unknown}: expected one of {list(FILTERCODES)}")
     return position.to_numpy(zero_copy_only=False)
-
-
-def ztf_objectid(
-    field: int | np.ndarray | pa.ChunkedArray,
-    filtercode: str | np.ndarray | pa.ChunkedArray,
-    ccdid: int | np.ndarray | pa.ChunkedArray,
-    qid: int | np.ndarray | pa.ChunkedArray,
-    refsid: int | np.ndarray | pa.ChunkedArray,
-) -> int | np.ndarray:
-    """ZTF data-release object id of reference sources.
-
-    ZTF lightcurve releases number objects as
-    ``field * 10**12 + filterid * 10**11 + ccdid * 10**9 + qid * 10**8 + refsid``.
-    lcstore keeps this mapping so that an id a user copied from IRSA still finds the
-    (single) lcstore object that absorbed it.
-
-    Parameters
-    ----------
-    field, ccdid, qid, refsid : int, or array of int (numpy or Arrow)
-    filtercode : str, or array of str (numpy or Arrow)
-        ``zg``, ``zr`` or ``zi``.
-
-    Returns
-    -------
-    int or numpy.ndarray
-        An int for scalar arguments, else an int64 array.
-
-    Raises
-    ------
-    ValueError
-        For a filter code that is not one of :data:`FILTERCODES`.
-    """
-    arrow = isinstance(filtercode, pa.ChunkedArray | pa.Array)
-    codes = filtercode if arrow else pa.array(np.ravel(filtercode))
-    ids = np.array([FILTER_IDS[code] for code in FILTERCODES], dtype=np.int64)
-    filterid = ids[filter_positions(codes)]
-    if not arrow and np.ndim(filtercode) == 0:
-        filterid = filterid[0]
-    parts = (field, filterid, ccdid, qid, refsid)
-    field, filterid, ccdid, qid, refsid = (np.asarray(x, dtype=np.int64) for x in parts)
-    oid = field * 10**12 + filterid * 10**11 + ccdid * 10**9 + qid * 10**8 + refsid
-    return int(oid) if oid.ndim == 0 else oid

@@ -82,10 +82,10 @@ from fastapi.responses import PlainTextResponse
 import lcstore
 from lcstore import schema
 from lcstore.errors import QueryError, StoreError
-from lcstore.store import Store
+from lcstore.io.store import Store
 
 if TYPE_CHECKING:
-    from lcstore.release import Release
+    from lcstore.query.release import Release
 
 __all__ = [
     "DEFAULT_FORMAT",
@@ -609,7 +609,7 @@ def render(table: pd.DataFrame, fmt: str) -> tuple[bytes, str]:
 class ReleaseCache:
     """The releases of one store, each opened once and kept while the service runs.
 
-    A :class:`~lcstore.release.Release` keeps the footers it has read, so reusing it makes
+    A :class:`~lcstore.query.release.Release` keeps the footers it has read, so reusing it makes
     later queries cheap; releases never change once published. The latest release is
     looked up again (one small file, ``STORE/LATEST``) on every call, so a release
     published while the service runs is served at once.

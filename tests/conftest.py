@@ -22,7 +22,7 @@ def shared_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def client():
     """One LocalCluster (2 worker processes) shared by the tests that build releases."""
-    from lcstore.pipeline import dask_client
+    from lcstore.build import dask_client
 
     with dask_client(workers=2) as c:
         yield c
@@ -31,8 +31,8 @@ def client():
 @pytest.fixture(scope="session")
 def build(client):
     """Build a release: ``build(epochs, refs, store, name, public, private, **config)``."""
-    from lcstore.embargo import Cutoffs, parse_date
-    from lcstore.pipeline import BuildConfig, build_release
+    from lcstore.build import BuildConfig, build_release
+    from lcstore.kernels.embargo import Cutoffs, parse_date
 
     def _build(epochs, refs, store, name, public="2030-01-01", private="2030-01-01", **kwargs):
         config = BuildConfig(
@@ -58,7 +58,7 @@ def tiny_survey(tmp_path_factory):
 
 def _cap(rng, n: int, ra_deg: float, dec_deg: float, radius_deg: float):
     """``n`` positions uniform in a spherical cap, as unit vectors, shape (n, 3)."""
-    from lcstore.healpix import unit_vectors
+    from lcstore.kernels.healpix import unit_vectors
 
     center = unit_vectors([ra_deg], [dec_deg])[0]
     e1 = np.cross(center, [0.0, 0.0, 1.0] if abs(center[2]) < 0.9 else [1.0, 0.0, 0.0])

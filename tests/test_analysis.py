@@ -15,9 +15,9 @@ from astropy.timeseries import TimeSeries
 
 import lcstore
 from lcstore import analysis
-from lcstore.crossmatch import nearest_within
 from lcstore.errors import QueryError
-from lcstore.healpix import unit_vectors
+from lcstore.kernels.crossmatch import nearest_within
+from lcstore.kernels.healpix import unit_vectors
 from lcstore.simulate import PRESETS, load_truth, simulate
 
 matplotlib.use("Agg")

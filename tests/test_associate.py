@@ -4,9 +4,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcstore.associate import associate_references
-from lcstore.crossmatch import mutual_nearest
-from lcstore.healpix import unit_vectors
+from lcstore.kernels.associate import associate_references
+from lcstore.kernels.crossmatch import mutual_nearest
+from lcstore.kernels.healpix import unit_vectors
 
 
 def test_same_star_in_several_catalogs_is_one_object():

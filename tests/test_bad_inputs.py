@@ -33,9 +33,11 @@ import pytest
 
 from lcstore.cli import EXIT_STRICT, main
 from lcstore.errors import StrictBuildError
-from lcstore.ingest import EPOCHS, REFS, read_ledger, read_units
+from lcstore.io.inputs import read_units
+from lcstore.io.ledger import read_ledger
+from lcstore.ops.withdraw import withdraw
+from lcstore.schema import EPOCHS, REFS
 from lcstore.simulate import PRESETS, load_truth, simulate
-from lcstore.withdraw import withdraw
 
 KEY = ["expid", "ccdid", "qid", "sourceid", "procversion"]
 
@@ -633,7 +635,8 @@ def test_conflict_choice_does_not_depend_on_delivery_order(corpus, build, tmp_pa
 STAGE_DRIVER = """
 import sys, tempfile, warnings
 warnings.simplefilter("ignore")
-from lcstore.ingest import hash_file, stage_batch
+from lcstore.build.ingest import stage_batch
+from lcstore.io.inputs import hash_file
 for line in sys.stdin:
     kind, path = line.rstrip("\\n").split(" ", 1)
     with tempfile.TemporaryDirectory() as store:

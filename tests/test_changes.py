@@ -9,7 +9,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcstore.changes import (
+from lcstore.kernels.changes import (
     CELL_DELTA,
     cell_order,
     cells_of_units,
@@ -17,7 +17,7 @@ from lcstore.changes import (
     fingerprints,
     partitions_to_rebuild,
 )
-from lcstore.healpix import pixel_of, spatial_index
+from lcstore.kernels.healpix import pixel_of, spatial_index
 
 ORDER = 6
 

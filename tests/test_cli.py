@@ -13,7 +13,7 @@ import pytest
 
 import lcstore
 from lcstore.cli import EXIT_STRICT, EXIT_USAGE, main
-from lcstore.store import Store
+from lcstore.io.store import Store
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -18,12 +18,12 @@ from dask.utils import parse_bytes
 from dask_jobqueue import PBSCluster, SLURMCluster
 from dask_jobqueue.core import Job
 
-from lcstore.allocator import WORKER_ENVIRONMENT
+from lcstore.build.allocator import WORKER_ENVIRONMENT
+from lcstore.build.cluster import WORKER_PRELOAD
 from lcstore.cli import main as lcstore_main
-from lcstore.pipeline import WORKER_PRELOAD
-from lcstore.schedule import load_schedule
+from lcstore.io.store import Store
+from lcstore.ops.schedule import load_schedule
 from lcstore.simulate import load_truth
-from lcstore.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"

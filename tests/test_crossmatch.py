@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcstore.crossmatch import arcsec_of_chord, chord_of, mutual_nearest, nearest_within
-from lcstore.healpix import unit_vectors
+from lcstore.kernels.crossmatch import arcsec_of_chord, chord_of, mutual_nearest, nearest_within
+from lcstore.kernels.healpix import unit_vectors
 
 
 def brute_nearest(q: np.ndarray, t: np.ndarray, radius_arcsec: float) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,7 @@
 
 import shutil
 
-from lcstore.diff import diff_releases
+from lcstore.ops.diff import diff_releases
 from lcstore.simulate import load_truth
 
 

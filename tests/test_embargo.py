@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lcstore.embargo import Cutoffs, eligible, mjd_of_date, parse_date
+from lcstore.kernels.embargo import Cutoffs, eligible, mjd_of_date, parse_date
 
 
 def test_mjd_of_date():

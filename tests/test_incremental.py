@@ -24,15 +24,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lcstore
-from lcstore.diff import diff_releases
-from lcstore.embargo import Cutoffs, eligible, parse_date
-from lcstore.ingest import STAGING_SUFFIX
-from lcstore.margin import MARGIN_CATALOG
+from lcstore.build.margin import MARGIN_CATALOG
+from lcstore.io.atomic import read_arrow
+from lcstore.io.checksums import write_checksums
+from lcstore.io.staging import STAGING_SUFFIX
+from lcstore.io.store import FORMAT_VERSION
+from lcstore.kernels.embargo import Cutoffs, eligible, parse_date
+from lcstore.ops.diff import diff_releases
+from lcstore.ops.verify import verify_release
+from lcstore.ops.withdraw import restore, withdraw
 from lcstore.simulate import PRESETS, SurveySpec, load_truth, simulate
-from lcstore.store import FORMAT_VERSION
-from lcstore.verify import verify_release, write_checksums
-from lcstore.withdraw import restore, withdraw
-from lcstore.write import read_arrow
 
 KEY = ["expid", "ccdid", "qid", "sourceid", "procversion"]
 SMALL = {"detection_partition_rows": 400, "object_partition_rows": 60}

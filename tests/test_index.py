@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcstore.healpix import (
+from lcstore.kernels.healpix import (
     index_range,
     margin_pixels,
     margin_rows,
@@ -14,7 +14,7 @@ from lcstore.healpix import (
     spatial_index,
     unit_vectors,
 )
-from lcstore.index import (
+from lcstore.kernels.partitions import (
     Partitions,
     histogram,
     index_range_of_partitions,

@@ -11,18 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lcstore.build.ingest import stage_batch, stage_listed_batch, write_batch_list
 from lcstore.errors import InputFileError
-from lcstore.ingest import (
-    EPOCHS,
-    hash_file,
-    read_files,
-    read_ledger,
-    read_units,
-    stage_batch,
-    stage_listed_batch,
-    validate_epochs,
-    write_batch_list,
-)
+from lcstore.io.inputs import hash_file, read_files, read_units
+from lcstore.io.ledger import read_ledger
+from lcstore.kernels.validation import validate_epochs
+from lcstore.schema import EPOCHS
 
 
 @pytest.fixture
@@ -212,7 +206,7 @@ def test_a_listed_batch_stages_as_the_batch_itself(tmp_path, good_epoch):
 
 def test_batch_without_ledger_file_is_invisible(tmp_path, good_epoch):
     """A batch that died before its ledger file was written does not count."""
-    from lcstore.ingest import staged_files, staged_pixels
+    from lcstore.io.staging import staged_files, staged_pixels
 
     good = _write(good_epoch, tmp_path / "good.parquet")
     store = tmp_path / "store"

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 import lcstore
-from lcstore.crossmatch import nearest_within
-from lcstore.healpix import unit_vectors
+from lcstore.kernels.crossmatch import nearest_within
+from lcstore.kernels.healpix import unit_vectors
 from lcstore.simulate import load_truth
 
 lsdb = pytest.importorskip("lsdb")

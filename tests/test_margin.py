@@ -7,9 +7,9 @@ from astropy.coordinates import SkyCoord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcstore.healpix import pixel_of, spatial_index
-from lcstore.margin import margin_plan, margin_sources, ring_order, ring_ranges
-from lcstore.release import in_ranges
+from lcstore.kernels.cone import in_ranges
+from lcstore.kernels.healpix import pixel_of, spatial_index
+from lcstore.kernels.margins import margin_plan, margin_sources, ring_order, ring_ranges
 
 
 @settings(max_examples=60, deadline=None)

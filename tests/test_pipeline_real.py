@@ -47,7 +47,7 @@ def test_dr8_star_with_seven_ztf_ids_is_one_object(tmp_path, shared_data_dir, bu
     import pyarrow.parquet as pq
 
     import lcstore
-    from lcstore import schema
+    from lcstore.kernels import ztf_oid
 
     path = shared_data_dir / "ztf" / "dr8_api_examples" / "dr8_circle_633207400004730.json"
     answer = json.loads(json.loads(path.read_text())["response"]["body_text"])
@@ -62,7 +62,7 @@ def test_dr8_star_with_seven_ztf_ids_is_one_object(tmp_path, shared_data_dir, bu
         ccdid, qid = meta["rcid"] // 4 + 1, meta["rcid"] % 4 + 1
         key = {"field": meta["fieldid"], "ccdid": ccdid, "qid": qid, "filtercode": meta["filter"]}
         refsid = int(oid) % 10**8
-        assert schema.ztf_objectid(key["field"], key["filtercode"], ccdid, qid, refsid) == int(oid)
+        assert ztf_oid.encode(key["field"], key["filtercode"], ccdid, qid, refsid) == int(oid)
         ref = {
             "ra": [meta["coord"]["ra"]],
             "dec": [meta["coord"]["dec"]],

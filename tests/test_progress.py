@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from lcstore.progress import gather
+from lcstore.build.progress import gather
 
 
 def _nap_then_give(seconds: float, value: int) -> int:

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 import lcstore
 from lcstore.errors import LcstoreError, QueryError, ReleaseNotFoundError, StoreError
-from lcstore.index import partition_of
-from lcstore.release import MAX_RADIUS_ARCSEC, ObjectNotFoundError, Release
+from lcstore.kernels.partitions import partition_of
+from lcstore.query.release import MAX_RADIUS_ARCSEC, ObjectNotFoundError, Release
 
 #: Rows per row group of the re-written copy of the release, so that row-group pruning
 #: shows on a small survey (the writer's own groups are 20,000 rows).
@@ -360,7 +360,9 @@ def test_release_without_detections(build, handmade_survey, tmp_path):
 
 
 def test_import_is_light():
-    code = "import sys, lcstore; assert 'lcstore.release' not in sys.modules; print(lcstore.__version__)"
+    code = (
+        "import sys, lcstore; assert 'lcstore.query.release' not in sys.modules; print(lcstore.__version__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip()
     assert Path(lcstore.__file__).parent.name == "lcstore"

@@ -35,8 +35,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import lcstore
-from lcstore.embargo import Cutoffs, eligible, parse_date
-from lcstore.ingest import read_ledger
+from lcstore.io.ledger import read_ledger
+from lcstore.kernels.embargo import Cutoffs, eligible, parse_date
 from lcstore.simulate import PRESETS, load_truth, simulate
 
 KEY = ["expid", "ccdid", "qid", "sourceid", "procversion"]
@@ -651,7 +651,7 @@ def calm_store(cluster_survey, build, tmp_path_factory) -> Path:
 
 def start_build(client, survey: Path, store: Path) -> tuple[threading.Thread, list[str], dict]:
     """Start building ``survey`` into ``store`` in a thread; (thread, progress lines, outcome)."""
-    from lcstore.pipeline import BuildConfig, build_release
+    from lcstore.build import BuildConfig, build_release
 
     config = BuildConfig(
         epochs_dir=str(survey / "epochs"),

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lcstore.schedule import ScheduleError, load_schedule
-from lcstore.store import Store
+from lcstore.io.store import Store
+from lcstore.ops.schedule import ScheduleError, load_schedule
 
 REPO = Path(__file__).resolve().parents[1]
 JOB = REPO / "pipelines" / "release_job.py"

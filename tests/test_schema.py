@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lcstore import schema
+from lcstore.kernels import ztf_oid
 
 sources = st.lists(
     st.tuples(
@@ -25,8 +26,8 @@ def test_ztf_objectid_is_the_irsa_numbering(rows):
         field * 10**12 + {"zg": 1, "zr": 2, "zi": 3}[band] * 10**11 + ccd * 10**9 + q * 10**8 + rid
         for field, band, ccd, q, rid in rows
     ]
-    assert [schema.ztf_objectid(*row) for row in rows] == expected
+    assert [ztf_oid.encode(*row) for row in rows] == expected
     field, band, ccd, q, rid = (list(c) for c in zip(*rows, strict=True))
     columns = [np.array(field), np.array(band, dtype=object), np.array(ccd), np.array(q), np.array(rid)]
-    ids = schema.ztf_objectid(*columns)
+    ids = ztf_oid.encode(*columns)
     assert ids.dtype == np.int64 and ids.tolist() == expected

@@ -29,7 +29,8 @@ from astropy.time import Time
 
 import lcstore
 from lcstore.cli import main
-from lcstore.release import Release
+from lcstore.io.store import Store
+from lcstore.query.release import Release
 from lcstore.service import (
     IRSA_COLUMNS,
     LIGHTCURVE_PATH,
@@ -39,7 +40,6 @@ from lcstore.service import (
     file_frac_day,
     heliocentric_jd,
 )
-from lcstore.store import Store
 
 #: Columns compared value for value with the query API's.
 COMPARED = ["expid", "mjd", "ra", "dec", "catflags", "filtercode", "field", "ccdid", "qid", "programid"]

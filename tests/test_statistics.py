@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lcstore import schema
-from lcstore.statistics import BAND_STATISTICS, STATISTICS_INPUT, object_statistics
+from lcstore.kernels.statistics import BAND_STATISTICS, STATISTICS_INPUT, object_statistics
 
 
 def pandas_statistics(dets: pd.DataFrame) -> pd.DataFrame:

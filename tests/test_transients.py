@@ -4,9 +4,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcstore.crossmatch import arcsec_of_chord
-from lcstore.healpix import unit_vectors
-from lcstore.transients import leader_cluster
+from lcstore.kernels.crossmatch import arcsec_of_chord
+from lcstore.kernels.healpix import unit_vectors
+from lcstore.kernels.transients import leader_cluster
 
 
 def brute_leader(xyz: np.ndarray, radius: float) -> np.ndarray:

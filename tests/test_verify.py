@@ -22,18 +22,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from lcstore.cli import EXIT_USAGE, EXIT_VERIFY, main
-from lcstore.embargo import mjd_of_date, parse_date
-from lcstore.verify import (
-    CHECKSUMS_FILE,
-    Finding,
-    duplicate_rows,
-    in_ranges,
-    read_checksums,
-    verify_release,
-    verify_store,
-    write_checksums,
-)
-from lcstore.write import ROW_GROUP_ROWS, atomic_write_table
+from lcstore.io.atomic import atomic_write_table
+from lcstore.io.checksums import CHECKSUMS_FILE, read_checksums, write_checksums
+from lcstore.io.hats import ROW_GROUP_ROWS
+from lcstore.kernels.embargo import mjd_of_date, parse_date
+from lcstore.ops.verify import Finding, duplicate_rows, in_ranges, verify_release, verify_store
 
 SMALL = {"detection_partition_rows": 200, "object_partition_rows": 60}
 
@@ -71,7 +64,7 @@ def with_values(table: pa.Table, name: str, values) -> pa.Table:
 
 def refresh_checksum(release: Path, path: Path) -> None:
     """Record ``path``'s current size and hash in checksums.json, hiding the edit from that check."""
-    from lcstore.ingest import hash_file
+    from lcstore.io.inputs import hash_file
 
     listing = json.loads((release / CHECKSUMS_FILE).read_text())
     for entry in listing["files"]:

@@ -11,8 +11,9 @@ import pytest
 
 from lcstore.cli import EXIT_USAGE, main
 from lcstore.errors import StoreError
-from lcstore.ingest import read_ledger
-from lcstore.withdraw import RESTORED_DIR, WITHDRAWN_DIR, restore, withdraw, withdrawals
+from lcstore.io.ledger import read_ledger
+from lcstore.io.withdrawals import RESTORED_DIR, WITHDRAWN_DIR, withdrawals
+from lcstore.ops.withdraw import restore, withdraw
 
 
 @pytest.fixture

@@ -13,9 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcstore import schema, write
-from lcstore.healpix import SPATIAL_INDEX_COLUMN
-from lcstore.statistics import object_statistics
+from lcstore import schema
+from lcstore.build import write
+from lcstore.io import atomic
+from lcstore.kernels.healpix import SPATIAL_INDEX_COLUMN, runs
+from lcstore.kernels.rows import conform, take_rows
+from lcstore.kernels.statistics import object_statistics
 
 
 @pytest.mark.parametrize("batch_rows", [1, 7, 100])
@@ -50,11 +53,11 @@ def test_statistics_in_small_batches_equal_statistics_at_once(
 def test_sorted_run_range_is_the_rows_in_range(tmp_path_factory, index, lo, width):
     path = tmp_path_factory.mktemp("runs") / "run.arrow"
     table = pa.table({SPATIAL_INDEX_COLUMN: pa.array(index, pa.int64()), "row": np.arange(len(index))})
-    write.write_sorted_run(table, path)
-    got = write.read_sorted_run(path, lo, lo + width)
+    runs.write_sorted_run(table, path)
+    got = runs.read_sorted_run(path, lo, lo + width)
     expected = [r for r, i in enumerate(index) if lo <= i < lo + width]
     assert got.column("row").to_pylist() == expected
-    assert write.sorted_run_schema(path) == table.schema
+    assert runs.sorted_run_schema(path) == table.schema
     assert not list(path.parent.glob(".*.tmp"))
 
 
@@ -79,10 +82,10 @@ def test_release_files_declare_required_columns_and_keep_statistics_for_pruning(
 def test_a_null_in_a_required_column_is_refused_and_nothing_is_written(tmp_path):
     required = pa.field(schema.OBJECTID, pa.int64(), nullable=False)
     target = pa.schema([required, pa.field("seeing", pa.float32())])
-    table = write.conform(pa.table({schema.OBJECTID: pa.array([1, None], pa.int64())}), target)
+    table = conform(pa.table({schema.OBJECTID: pa.array([1, None], pa.int64())}), target)
     path = tmp_path / "part.parquet"
     with pytest.raises(pa.ArrowInvalid, match="non-nullable"):
-        write.atomic_write_table(table, path)
+        atomic.atomic_write_table(table, path)
     assert not list(tmp_path.iterdir())
 
 
@@ -121,9 +124,9 @@ def test_objects_get_their_statistics_and_objects_without_detections_get_zero_co
 def test_take_rows_is_a_take_with_one_bounds_check():
     table = pa.table({"a": np.arange(5), "b": list("vwxyz")})
     rows = np.array([4, 0, 0, 2])
-    assert write.take_rows(table, rows).equals(table.take(rows))
-    assert write.take_rows(table, pa.array(rows, type=pa.uint64())).equals(table.take(rows))
-    assert write.take_rows(table, np.array([], dtype=np.int64)).num_rows == 0
+    assert take_rows(table, rows).equals(table.take(rows))
+    assert take_rows(table, pa.array(rows, type=pa.uint64())).equals(table.take(rows))
+    assert take_rows(table, np.array([], dtype=np.int64)).num_rows == 0
     for bad in ([0, 5], [-1, 2]):
         with pytest.raises(IndexError, match="of a table of 5 rows"):
-            write.take_rows(table, np.array(bad))
+            take_rows(table, np.array(bad))

@@ -29,13 +29,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import importlib.util
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import dask
 import yaml
@@ -47,11 +44,10 @@ from lcstore.errors import LcstoreError, StoreLockedError
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CONFIG = HERE / "jobqueue.yaml"
-RELEASE_JOB = HERE.parents[1] / "pipelines" / "release_job.py"
 #: Values in jobqueue.yaml that an operator must replace before jobs are submitted.
 PLACEHOLDER = "REPLACE-"
 EXIT_USAGE = 2
-EXIT_BUSY = 75  # as pipelines/release_job.py: another build holds the store's lock
+EXIT_BUSY = 75  # as lcstore.ops.release_job: another build holds the store's lock
 #: Seconds after which a job that still has no job ID counts as refused by the queue.
 SUBMIT_GRACE_SECONDS = 60.0
 POLL_SECONDS = 1.0
@@ -149,7 +145,7 @@ def make_cluster(kind: str, options: dict):
 def check_build_args(build_args: list[str]) -> argparse.Namespace:
     """Parse ``lcstore build`` options here, so that a typo costs no queue time."""
     from lcstore.cli import build_parser
-    from lcstore.store import Store
+    from lcstore.io.store import Store
 
     try:
         parsed = build_parser().parse_args(["build", *build_args])
@@ -168,24 +164,16 @@ def check_not_locked(store: str | Path) -> None:
 
     Raises ``StoreLockedError``. The build takes the lock again for itself later.
     """
-    from lcstore.store import Store
+    from lcstore.io.store import Store
 
     with Store(store).lock():
         pass
 
 
-def load_release_job() -> ModuleType:
-    """pipelines/release_job.py as a module (the pipelines folder is not a package)."""
-    spec = importlib.util.spec_from_file_location("lcstore_release_job", RELEASE_JOB)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def releases_due(schedule_path: str, today: dt.date) -> list[str]:
     """Names of the releases of a schedule that are due and not yet published."""
-    from lcstore.schedule import load_schedule
-    from lcstore.store import Store
+    from lcstore.io.store import Store
+    from lcstore.ops.schedule import load_schedule
 
     schedule = load_schedule(schedule_path)
     due = [r.name for r in schedule.due(today, set(Store(schedule.store).releases()))]
@@ -195,18 +183,11 @@ def releases_due(schedule_path: str, today: dt.date) -> list[str]:
 
 
 def run_schedule(schedule_path: str, today: dt.date, address: str) -> int:
-    """Run pipelines/release_job.py with its builds on the scheduler at ``address``."""
-    job = load_release_job()
+    """Run the release job (:mod:`lcstore.ops.release_job`) with its builds on the
+    scheduler at ``address``, in place of the schedule's ``workers`` or ``scheduler``."""
+    from lcstore.ops.release_job import main as release_job
 
-    @contextlib.contextmanager
-    def on_this_cluster(workers: int | None = None, scheduler: str | None = None) -> Iterator[Client]:
-        with Client(address) as client:
-            yield client
-
-    # The job takes its scheduler from the schedule file; the workers started here replace
-    # the schedule's `workers` or `scheduler` for this run.
-    job.dask_client = on_this_cluster
-    return job.main([schedule_path, "--today", today.isoformat()])
+    return release_job([schedule_path, "--today", today.isoformat(), "--scheduler", address])
 
 
 def run_build(build_args: list[str], address: str) -> int:

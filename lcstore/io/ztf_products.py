@@ -23,17 +23,19 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import tables
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
 from lcstore import schema
 from lcstore.errors import InputFileError
+
+if TYPE_CHECKING:
+    import tables
 
 PathLike = str | os.PathLike[str]
 ProductKind = Literal["matchfile", "refpsfcat", "parquet"]
@@ -268,10 +270,22 @@ def _require_columns(columns: Iterable[str], required: Iterable[str], where: str
         raise InputFileError(path, f"{where} lacks column(s) {', '.join(missing)}")
 
 
+def _pytables(path: PathLike):
+    """The PyTables module, which only HDF5 matchfiles need (the ``matchfiles`` extra)."""
+    try:
+        import tables
+    except ImportError as exc:
+        raise InputFileError(
+            path, "is an HDF5 matchfile, and reading one needs PyTables: pip install 'lcstore[matchfiles]'"
+        ) from exc
+    return tables
+
+
 @contextlib.contextmanager
 def _matches_group(path: PathLike) -> Iterator[tables.Group]:
     """Open a matchfile and yield its ``/matches`` group, turning HDF5 errors into InputFileError."""
     _require_file(path)
+    tables = _pytables(path)
     try:
         with tables.open_file(path, mode="r") as h5:
             group = h5.root._f_get_child(MATCHES_GROUP) if MATCHES_GROUP in h5.root else None
@@ -307,7 +321,7 @@ def _matchfile_ids(group: tables.Group, path: PathLike) -> dict[str, int]:
 def _read_table(group: tables.Group, name: str, required: tuple[str, ...], path: PathLike) -> pd.DataFrame:
     """A matchfile table as a DataFrame, checking that it has the ``required`` columns."""
     table = group._f_get_child(name) if name in group else None
-    if not isinstance(table, tables.Table):
+    if not isinstance(table, _pytables(path).Table):
         raise InputFileError(path, f"lacks table /{MATCHES_GROUP}/{name}; not a complete IPAC matchfile")
     _require_columns(table.colnames, required, f"table /{MATCHES_GROUP}/{name}", path)
     return _frame(table.read())

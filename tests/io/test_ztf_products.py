@@ -24,6 +24,7 @@ from lcstore.io.ztf_products import (
     read_refpsfcat,
     sniff_kind,
 )
+from lcstore.kernels import ztf_oid
 
 #: Matchfile name -> (field, sources, detections, exposures), from the data README.
 MATCHFILES = {
@@ -193,9 +194,7 @@ def test_refpsfcat_refsid_is_the_data_release_object_id(shared_data_dir: Path) -
     refs = read_refpsfcat(refpsfcat_path(shared_data_dir, "ztf_000633_zr_c07_q4_refpsfcat.fits"))
     star = refs.set_index("refsid").loc[oid % 10**8]
 
-    assert (
-        schema.ztf_objectid(star["field"], star["filtercode"], star["ccdid"], star["qid"], star.name) == oid
-    )
+    assert ztf_oid.encode(star["field"], star["filtercode"], star["ccdid"], star["qid"], star.name) == oid
     sep = separation_arcsec(star["ra"], star["dec"], dr8["meta"]["coord"]["ra"], dr8["meta"]["coord"]["dec"])
     assert sep < 0.5
     assert abs(star["refmag"] - np.median([point["mag"] for point in dr8["lc"]])) < 0.1

@@ -1,0 +1,90 @@
+"""Publish: make a fully built release visible, atomically.
+
+A release is built in ``STORE/tmp/`` and moved into ``STORE/releases/<NAME>`` with one
+``rename``, which on a POSIX file system is atomic: a reader sees no release or the whole
+release. Then ``STORE/LATEST`` is replaced (write, fsync, rename), so readers that follow
+"latest" switch from the old release to the new one in one step. Published releases are
+never modified, so a reader that opened the old one keeps reading a consistent release.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from lcstore.errors import ReleaseExistsError, ReleaseNotFoundError
+from lcstore.io.atomic import write_text_atomic
+from lcstore.io.store import Store
+
+
+def remove_stale_builds(store: Store) -> list[Path]:
+    """Delete what interrupted builds left in ``STORE/tmp``; call only while holding the lock."""
+    folder = store.path / "tmp"
+    stale = sorted(folder.iterdir()) if folder.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path)
+    return stale
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete ``.*.tmp`` files under ``folder``: writes whose process died before the rename.
+
+    Every write goes to a temporary name and is renamed into place, so a temporary file
+    is garbage once no task is writing. Call only while holding the lock and with no
+    task running.
+    """
+    stale = sorted(folder.rglob(".*.tmp")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink()
+    return stale
+
+
+def interrupted_publish(store: Store, name: str) -> bool:
+    """Whether release ``name`` was moved into place but LATEST was never switched to it.
+
+    That is a build killed between the two steps of :func:`publish`; rerunning it should
+    finish the publication rather than fail.
+    """
+    if not (store.release_dir(name) / "release.json").is_file():
+        return False
+    try:
+        latest = store.latest()
+    except ReleaseNotFoundError:
+        return True
+    if latest == name:
+        return False
+    return store.releases()[-1] == name
+
+
+def finish_publish(store: Store, name: str) -> None:
+    """Switch LATEST to an already moved release (see :func:`interrupted_publish`)."""
+    write_text_atomic(store.path / "LATEST", name + "\n")
+
+
+def new_build_dir(store: Store, name: str) -> Path:
+    """A fresh private directory for building release ``name``."""
+    folder = store.path / "tmp" / f"{name}-{uuid.uuid4().hex[:12]}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def publish(store: Store, build_dir: Path, name: str) -> Path:
+    """Move a finished build into place and point LATEST at it.
+
+    Raises
+    ------
+    ReleaseExistsError
+        If a release of that name is already published; releases are immutable.
+    """
+    target = store.release_dir(name)
+    if target.exists():
+        raise ReleaseExistsError(f"release {name!r} is already published in {store.path}; choose a new name")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = build_dir / "work"
+    if work.exists():
+        shutil.rmtree(work)
+    os.rename(build_dir, target)
+    finish_publish(store, name)
+    return target

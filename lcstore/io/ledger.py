@@ -1,0 +1,71 @@
+"""lcstore.io.ledger"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lcstore.errors import StoreError
+from lcstore.io.staging import remove_uncommitted
+
+LEDGER_SCHEMA = pa.schema(
+    [
+        ("unit", pa.int64()),
+        ("kind", pa.string()),  # "epochs" or "refs"
+        ("sha256", pa.string()),  # of the whole file
+        ("path", pa.string()),
+        ("size", pa.int64()),  # bytes, and
+        ("mtime_ns", pa.int64()),  # modification time, when ingested
+        ("batch", pa.string()),
+        ("nrows", pa.int64()),
+        ("expid", pa.int64()),
+        ("field", pa.int32()),
+        ("ccdid", pa.int8()),
+        ("qid", pa.int8()),
+        ("filtercode", pa.string()),
+        ("procversion", pa.int16()),
+        ("programid", pa.int8()),  # epochs: the exposure's program
+        ("mjd", pa.float64()),  # epochs: the exposure's time
+        ("cells", pa.list_(pa.int64())),  # cells (see lcstore.kernels.changes) the unit's rows fall in
+    ]
+)
+
+
+def read_ledger(store: str | Path) -> pd.DataFrame:
+    """Every unit ever staged in the store (empty frame if none).
+
+    Raises
+    ------
+    StoreError
+        If the ledger was written by an incompatible version of lcstore.
+    """
+    files = sorted((Path(store) / "ledger").glob("*.parquet"))
+    if not files:
+        return _ledger_frame(LEDGER_SCHEMA.empty_table())
+    tables = [pq.read_table(f) for f in files]
+    for f, t in zip(files, tables, strict=True):
+        if not t.schema.equals(LEDGER_SCHEMA):
+            raise StoreError(
+                f"ledger file {f} has another layout than this lcstore writes; the store was made "
+                "by an incompatible version: rebuild it into a new store"
+            )
+    return _ledger_frame(pa.concat_tables(tables))
+
+
+def _ledger_frame(table: pa.Table) -> pd.DataFrame:
+    """The ledger as pandas, its ``cells`` lists left in Arrow: as numpy arrays, one
+    Python object a unit, they took a quarter more of the client's memory (the ledger
+    holds a row per unit ever staged: 18.5 million for ZTF's images)."""
+    return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_list(t) else None)
+
+
+def withdraw_batches(store: str | Path, batches: Iterable[str]) -> None:
+    """Undo the ingest of ``batches``: their ledger files first (a batch counts only through
+    its ledger file), then their staging files. Call only while holding the store's lock."""
+    for batch in batches:
+        (Path(store) / "ledger" / f"{batch}.parquet").unlink(missing_ok=True)
+    remove_uncommitted(store)

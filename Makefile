@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := demo-out
 
-.PHONY: setup demo test test-all test-slow lint docs clean
+.PHONY: setup demo test test-quick test-all test-slow lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,10 +18,16 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python pipelines/demo.py --out $(DEMO)
 
-# CI runs this: lint, every test not marked slow, and the notebooks (so they cannot rot).
+# CI runs this: lint, the format check, every test not marked slow, and the notebooks (so
+# they cannot rot).
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -m "not slow or notebook"
+
+# While iterating: the fast tests without the notebooks, stopping at the first failure.
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -q -x -m "not slow and not notebook"
 
 # The slow tests: crash/kill loops, worker loss, real clusters, larger surveys (minutes).
 test-slow: $(STAMP)
@@ -29,6 +35,7 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 docs: $(STAMP)

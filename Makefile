@@ -4,8 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := demo-out
+# The package version (pyproject.toml) tags the container image, so that the image, the
+# manifests in cluster/kubernetes/ and the package say one version.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+IMAGE ?= lcstore
 
-.PHONY: setup demo test test-quick test-all test-slow lint docs clean
+.PHONY: setup demo test test-quick test-all test-slow lint docs image clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,6 +48,10 @@ docs: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The Kubernetes recipe's image (cluster/README.md): make image IMAGE=registry.example.org/lcstore
+image:
+	docker build -f cluster/Dockerfile -t $(IMAGE):$(VERSION) .
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

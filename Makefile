@@ -4,8 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := demo-out
+# The package version (pyproject.toml) tags the container image, so that the image, the
+# manifests in cluster/kubernetes/ and the package say one version.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
+IMAGE ?= lcstore
 
-.PHONY: setup demo test test-all test-slow lint docs clean
+.PHONY: setup demo test test-quick test-all test-slow lint docs image clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,10 +22,16 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python pipelines/demo.py --out $(DEMO)
 
-# CI runs this: lint, every test not marked slow, and the notebooks (so they cannot rot).
+# CI runs this: lint, the format check, every test not marked slow, and the notebooks (so
+# they cannot rot).
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -m "not slow or notebook"
+
+# While iterating: the fast tests without the notebooks, stopping at the first failure.
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -q -x -m "not slow and not notebook"
 
 # The slow tests: crash/kill loops, worker loss, real clusters, larger surveys (minutes).
 test-slow: $(STAMP)
@@ -29,6 +39,7 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
 
 docs: $(STAMP)
@@ -37,6 +48,10 @@ docs: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The Kubernetes recipe's image (cluster/README.md): make image IMAGE=registry.example.org/lcstore
+image:
+	docker build -f cluster/Dockerfile -t $(IMAGE):$(VERSION) .
 
 clean:
 	rm -rf $(DEMO) .pytest_cache

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import dask
@@ -262,6 +265,54 @@ def test_release_job_manifest(tmp_path):
     assert str(schedule.store).startswith("/data/")
     (rule,) = cron["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
     assert rule["onExitCodes"]["containerName"] == container["name"]
+
+
+#: An lcstore image reference with its tag: `REPLACE-registry/lcstore:0.5.0`, `lcstore:latest`.
+IMAGE_TAG = re.compile(r"\blcstore:([\w][\w.-]*)")
+
+
+def _package_version() -> str:
+    with open(REPO / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["project"]["version"]
+
+
+def _images(node) -> list[str]:
+    """Every `image` value in a parsed manifest."""
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k == "image"] + [i for v in node.values() for i in _images(v)]
+    if isinstance(node, list):
+        return [i for v in node for i in _images(v)]
+    return []
+
+
+def test_image_tags_are_the_package_version():
+    version = _package_version()
+    tags = {}
+    for path in sorted(CLUSTER.rglob("*")):
+        if path.is_file():
+            for tag in IMAGE_TAG.findall(path.read_text()):
+                tags.setdefault(tag, []).append(str(path.relative_to(REPO)))
+    assert set(tags) == {version}, f"image tags in cluster/ other than {version}: {tags}"
+    # Every container of the manifests runs the lcstore image at that version.
+    for name in ["daskcluster.yaml", "release-job.yaml"]:
+        with open(CLUSTER / "kubernetes" / name) as f:
+            images = [i for d in yaml.safe_load_all(f) for i in _images(d)]
+        assert images, name
+        assert all(image.endswith(f"/lcstore:{version}") for image in images), (name, images)
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_image_tags_with_the_package_version():
+    result = subprocess.run(
+        ["make", "-n", "image", "IMAGE=registry.example.org/lcstore"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    expected = f"docker build -f cluster/Dockerfile -t registry.example.org/lcstore:{_package_version()} ."
+    assert expected in result.stdout.splitlines()
 
 
 def test_autoscaler_names_the_cluster():

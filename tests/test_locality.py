@@ -7,7 +7,7 @@ other partition of the new release is a hard link to the previous release's file
 pixels the file can change is worked out here from its positions alone, not from the
 build's fingerprints, so that a build that rematches more than it must fails.
 
-What "can change" means (lcstore.changes): a unit records the cells (pixels CELL_DELTA
+What "can change" means (lcstore.kernels.changes): a unit records the cells (pixels CELL_DELTA
 orders finer than the work pixels) its rows fall in; a work pixel depends on the units
 with a cell inside it or bordering it from outside, since those cells hold its margin
 (cells are wider than the margin). Only work pixels that hold rows are matched at all.
@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lcstore.changes import CELL_DELTA
-from lcstore.ingest import read_ledger
+from lcstore.io.ledger import read_ledger
+from lcstore.kernels.changes import CELL_DELTA
 from lcstore.simulate import PRESETS, simulate
 
 #: The 'tiny' survey without reprocessed versions or byte copies: every epoch file is a

@@ -1,4 +1,4 @@
-"""Which staged units a build uses: lcstore.supersede.select_units on ledger frames.
+"""Which staged units a build uses: lcstore.kernels.supersede.select_units on ledger frames.
 
 The ledgers are written as ledger files and read back with read_ledger, so that the
 frame select_units gets has the columns and types a build gives it. The rules
@@ -27,8 +27,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lcstore.ingest import LEDGER_SCHEMA, read_ledger
-from lcstore.supersede import select_units
+from lcstore.io.ledger import LEDGER_SCHEMA, read_ledger
+from lcstore.kernels.supersede import select_units
 
 EQ_KEY = ("expid", "ccdid", "qid")
 REF_KEY = ("field", "ccdid", "qid", "filtercode")

@@ -6,6 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# No time limit per example: the suite asserts what code does, never how fast (a loaded
+# machine, or a first call that compiles numba kernels, would otherwise fail a test).
+settings.register_profile("lcstore", deadline=None)
+settings.load_profile("lcstore")
 
 #: Real public survey excerpts next to the repository (read-only; see its README.md).
 SHARED_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"

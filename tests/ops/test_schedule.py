@@ -11,7 +11,7 @@ import pytest
 from lcstore.io.store import Store
 from lcstore.ops.schedule import ScheduleError, load_schedule
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 JOB = REPO / "pipelines" / "release_job.py"
 
 

@@ -24,6 +24,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from lcstore.errors import LcstoreError, MissingDependencyError
+from lcstore.io.layout import RELEASE_FILE
 from lcstore.io.store import DEFAULT_WORK_ORDER, Store
 
 if TYPE_CHECKING:
@@ -382,7 +383,7 @@ def _releases(args: argparse.Namespace) -> int:
     latest = store.latest()
     rows = []
     for name in names:
-        info = json.loads((store.release_dir(name) / "release.json").read_text())
+        info = json.loads((store.release_dir(name) / RELEASE_FILE).read_text())
         report = info.get("report", {})
         rows.append(
             {

@@ -39,6 +39,7 @@ from lcstore.build.timing import StepTimer
 from lcstore.errors import InputFileError
 from lcstore.io.atomic import atomic_write_arrow, atomic_write_table
 from lcstore.io.inputs import InputFile, read_files
+from lcstore.io.layout import LEDGER_DIR
 from lcstore.io.ledger import LEDGER_SCHEMA
 from lcstore.io.staging import STAGING_SUFFIX, UNIT_COLUMN, staging_dir
 from lcstore.kernels.changes import cells_of_units
@@ -165,7 +166,7 @@ def stage_batch(
         rows = table.num_rows
     # The ledger file is written last: it is what makes the batch's staging files count.
     atomic_write_table(
-        pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA), Path(store) / "ledger" / f"{batch}.parquet"
+        pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA), Path(store) / LEDGER_DIR / f"{batch}.parquet"
     )
     return BatchResult(batch, len(ledger), rows, len(files) - len(quarantined), quarantined, timer.seconds)
 

@@ -32,9 +32,6 @@ from lcstore.kernels.margins import ring_ranges
 #: cross-match radius for which lsdb is used with the release.
 MARGIN_ARCSEC = 10.0
 
-#: Name of the margin cache's folder in a release.
-MARGIN_CATALOG = "objects_margin"
-
 
 def _piece_file(pieces_dir: str, target: tuple[int, int], source: tuple[int, int]) -> Path:
     return Path(pieces_dir) / f"{target[0]}-{target[1]}" / f"{source[0]}-{source[1]}.arrow"

@@ -41,10 +41,7 @@ from lcstore.build.ingest import (
     stage_listed_batch,
     write_batch_list,
 )
-from lcstore.build.margin import (
-    MARGIN_ARCSEC,
-    MARGIN_CATALOG,
-)
+from lcstore.build.margin import MARGIN_ARCSEC
 from lcstore.build.match import HISTOGRAM_ORDER, MATCH_VERSION, MatchParams
 from lcstore.build.progress import gather
 from lcstore.build.publish import (
@@ -77,6 +74,17 @@ from lcstore.errors import (
 from lcstore.io.checksums import write_checksums
 from lcstore.io.hats import finalize_catalog, share_partition
 from lcstore.io.inputs import InputFile, discover, file_signature
+from lcstore.io.layout import (
+    DETECTIONS,
+    LEDGER_DIR,
+    OBJECTS,
+    OBJECTS_MARGIN,
+    RELEASE_FILE,
+    REPORTS_DIR,
+    STAGING_DIR,
+    WORK_DIR,
+    common_metadata,
+)
 from lcstore.io.ledger import read_ledger, withdraw_batches
 from lcstore.io.refmap import field_file, piece_file, share_field, write_schema
 from lcstore.io.runs import SORTED_RUN_SUFFIX, sorted_run_schema
@@ -381,7 +389,7 @@ class _Release:
 
     @property
     def work_dir(self) -> Path:
-        return self.build_dir / "work"
+        return self.build_dir / WORK_DIR
 
     @property
     def previous_dir(self) -> Path | None:
@@ -504,7 +512,7 @@ def _write(client: Client, release: _Release) -> dict[str, tuple[int, str]]:
     config, report, build_dir, work_dir = release.config, release.report, release.build_dir, release.work_dir
     name, order, prev_dir = config.release, release.store.work_order, release.previous_dir
     det_parts, obj_parts = list(release.det_plan), list(release.obj_plan)
-    det_dir, obj_dir, margin_dir = build_dir / "detections", build_dir / "objects", build_dir / MARGIN_CATALOG
+    det_dir, obj_dir, margin_dir = build_dir / DETECTIONS, build_dir / OBJECTS, build_dir / OBJECTS_MARGIN
     pieces_dir = str(work_dir / "margin")
     previous = release.previous
     prev_det = Partitions(previous.detection_partitions if previous else [])
@@ -522,9 +530,9 @@ def _write(client: Client, release: _Release) -> dict[str, tuple[int, str]]:
         # The refmap needs only the match output: its fields go first, beside the largest
         # detections partitions.
         refmap_written = _submit_refmap(client, release, priority=max(release.det_plan.values(), default=0))
-        det_shared = context.share(work_dir, "detections", sources("detections", prev_det))
+        det_shared = context.share(work_dir, DETECTIONS, sources(DETECTIONS, prev_det))
         det_written = _submit_partitions(
-            client, release.det_plan, set(release.rebuild_det), prev_dir, "detections", det_dir,
+            client, release.det_plan, set(release.rebuild_det), prev_dir, DETECTIONS, det_dir,
             write_detections_task,
             lambda part: {"shared": det_shared, "target": release.target, "catalog_dir": str(det_dir)},
         )  # fmt: skip
@@ -533,9 +541,9 @@ def _write(client: Client, release: _Release) -> dict[str, tuple[int, str]]:
         # neighbours' margins take from it.
         det_index, det_tasks = Partitions(det_parts), det_written.tasks
         margin_from, margin_targets = margin_plan(obj_parts, MARGIN_ARCSEC)
-        obj_shared = context.share(work_dir, "objects", (sources("objects", prev_obj), det_index))
+        obj_shared = context.share(work_dir, OBJECTS, (sources(OBJECTS, prev_obj), det_index))
         obj_written = _submit_partitions(
-            client, release.obj_plan, set(release.rebuild_obj), prev_dir, "objects", obj_dir,
+            client, release.obj_plan, set(release.rebuild_obj), prev_dir, OBJECTS, obj_dir,
             write_objects_task,
             lambda part: {
                 "shared": obj_shared, "detections_dir": str(det_dir), "catalog_dir": str(obj_dir),
@@ -545,7 +553,7 @@ def _write(client: Client, release: _Release) -> dict[str, tuple[int, str]]:
         )  # fmt: skip
         obj_tasks = obj_written.tasks
         margin_written = _submit_partitions(
-            client, release.obj_plan, _margins_to_rebuild(release, margin_from), prev_dir, MARGIN_CATALOG,
+            client, release.obj_plan, _margins_to_rebuild(release, margin_from), prev_dir, OBJECTS_MARGIN,
             margin_dir, write_margin_task,
             lambda part: {
                 "sources": margin_from[part], "catalog_dir": str(obj_dir), "margin_dir": str(margin_dir),
@@ -567,7 +575,7 @@ def _write(client: Client, release: _Release) -> dict[str, tuple[int, str]]:
         )
         margin_rows = {part: n for part, n in margin_written.rows(report, release.say, hashes).items() if n}
         finalize_catalog(
-            str(margin_dir), pq.read_schema(obj_dir / "dataset" / "_common_metadata"),
+            str(margin_dir), pq.read_schema(common_metadata(obj_dir)),
             f"{name}_objects_margin", "margin", list(margin_rows), sum(margin_rows.values()), "ra", "dec",
             {"primary_catalog": f"{name}_objects", "margin_threshold": MARGIN_ARCSEC},
         )  # fmt: skip
@@ -655,7 +663,7 @@ def _margins_to_rebuild(release: _Release, margin_from: dict[Part, list[Part]]) 
     rows (from the partitions ``margin_from`` maps it to) changed, and those without a
     margin file in the previous release (it had no margin rows there)."""
     rebuilt = set(release.rebuild_obj)
-    previous = release.previous_dir / MARGIN_CATALOG if release.previous_dir else None
+    previous = release.previous_dir / OBJECTS_MARGIN if release.previous_dir else None
 
     def changed(part: Part) -> bool:
         if previous is None or not Path(paths.pixel_catalog_file(previous, HealpixPixel(*part))).is_file():
@@ -754,7 +762,7 @@ def build_release(config: BuildConfig, client: Client, say: Callable[[str], None
         store.upgrade_format()
         config = replace(config, margin_arcsec=_store_margin(config, store))
         leftovers = remove_stale_builds(store) + remove_uncommitted(store.path)
-        for folder in (store.path / "staging", store.path / "ledger", store.path / "reports"):
+        for folder in (store.path / STAGING_DIR, store.path / LEDGER_DIR, store.path / REPORTS_DIR):
             leftovers += remove_temporaries(folder)
         # LATEST's own temporary, if a publish died while switching it.
         for path in store.path.glob(".*.tmp"):
@@ -766,7 +774,7 @@ def build_release(config: BuildConfig, client: Client, say: Callable[[str], None
             # Killed after the release was moved into place, before LATEST switched to it.
             finish_publish(store, config.release)
             say(f"finished publishing {config.release}, which an interrupted build had left unswitched")
-            info = json.loads((store.release_dir(config.release) / "release.json").read_text())
+            info = json.loads((store.release_dir(config.release) / RELEASE_FILE).read_text())
             return BuildReport(**info["report"])
         if store.release_dir(config.release).exists():
             raise ReleaseExistsError(f"release {config.release!r} is already published in {store.path}")
@@ -800,8 +808,8 @@ def _build_locked(
         with _stage(report, "ingest", say):
             staged = _ingest(client, config, store, report, say, build_dir)
             # A worker lost mid-write leaves its temporary file; Dask reran the task.
-            remove_temporaries(store.path / "staging")
-            remove_temporaries(store.path / "ledger")
+            remove_temporaries(store.path / STAGING_DIR)
+            remove_temporaries(store.path / LEDGER_DIR)
         if config.strict and report.quarantined:
             quarantined = [f"{q['path']}: {q['reason']}" for q in report.quarantined]
             raise StrictBuildError(_strict_message(config.release, "quarantined", quarantined))
@@ -821,7 +829,7 @@ def _build_locked(
             "report": asdict(report),
         }
         remove_temporaries(build_dir)
-        (build_dir / "release.json").write_text(json.dumps(info, indent=2, default=str))
+        (build_dir / RELEASE_FILE).write_text(json.dumps(info, indent=2, default=str))
         base = store.release_dir(report.base_release) if report.base_release else None
         write_checksums(build_dir, base, hashed=hashes)
         with _stage(report, "publish", say):

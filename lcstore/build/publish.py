@@ -16,6 +16,7 @@ from pathlib import Path
 
 from lcstore.errors import ReleaseExistsError, ReleaseNotFoundError
 from lcstore.io.atomic import write_text_atomic
+from lcstore.io.layout import LATEST_FILE, RELEASE_FILE, WORK_DIR
 from lcstore.io.store import Store
 
 
@@ -47,7 +48,7 @@ def interrupted_publish(store: Store, name: str) -> bool:
     That is a build killed between the two steps of :func:`publish`; rerunning it should
     finish the publication rather than fail.
     """
-    if not (store.release_dir(name) / "release.json").is_file():
+    if not (store.release_dir(name) / RELEASE_FILE).is_file():
         return False
     try:
         latest = store.latest()
@@ -60,7 +61,7 @@ def interrupted_publish(store: Store, name: str) -> bool:
 
 def finish_publish(store: Store, name: str) -> None:
     """Switch LATEST to an already moved release (see :func:`interrupted_publish`)."""
-    write_text_atomic(store.path / "LATEST", name + "\n")
+    write_text_atomic(store.path / LATEST_FILE, name + "\n")
 
 
 def new_build_dir(store: Store, name: str) -> Path:
@@ -82,7 +83,7 @@ def publish(store: Store, build_dir: Path, name: str) -> Path:
     if target.exists():
         raise ReleaseExistsError(f"release {name!r} is already published in {store.path}; choose a new name")
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = build_dir / "work"
+    work = build_dir / WORK_DIR
     if work.exists():
         shutil.rmtree(work)
     os.rename(build_dir, target)

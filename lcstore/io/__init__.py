@@ -1,5 +1,2 @@
-"""File formats lcstore reads and writes.
-
-``ztf_products`` turns IPAC ZTF products (matchfiles, reference PSF catalogs) into the
-canonical epochal and reference tables described in :mod:`lcstore.schema`.
-"""
+"""Formats and files: one module per kind of file lcstore reads or writes, and
+:mod:`~lcstore.io.layout` for every path name of a store and a release."""

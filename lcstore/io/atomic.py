@@ -1,4 +1,6 @@
-"""lcstore.io.atomic"""
+"""Atomic files: every Parquet, Arrow IPC and text file the store writes goes to a
+temporary file first and is renamed into place when whole, so a reader or a crash never
+sees half a file; a write that raises leaves nothing behind."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""lcstore.io.checksums"""
+"""A release's checksum listing, ``checksums.json``: the size and SHA-256 of every other
+file of the release (the build's scratch folder, which publish deletes, excluded)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,7 @@ import os
 from pathlib import Path
 
 from lcstore.io.inputs import hash_file
-
-#: Name of the checksum listing in a release directory.
-CHECKSUMS_FILE = "checksums.json"
-
-
-#: The build's scratch folder in ``STORE/tmp/<build>/``; publish deletes it, so it is no
-#: part of the release (see :func:`lcstore.build.publish.publish`).
-_SCRATCH_DIR = "work"
+from lcstore.io.layout import CHECKSUMS_FILE, WORK_DIR
 
 
 def release_files(folder: Path, skip: frozenset[str] = frozenset()) -> list[str]:
@@ -70,7 +64,7 @@ def write_checksums(
     previous = _checksums_by_inode(previous_release_dir)
     hashed = hashed or {}
     entries, read, reused = [], 0, 0
-    for rel in release_files(release_dir, skip=frozenset({_SCRATCH_DIR})):
+    for rel in release_files(release_dir, skip=frozenset({WORK_DIR})):
         path = release_dir / rel
         st = os.stat(path)
         old = previous.get((st.st_dev, st.st_ino))

@@ -1,4 +1,6 @@
-"""lcstore.io.hats"""
+"""HATS catalogs: the Parquet settings of release files, writing a catalog's metadata
+(``finalize_catalog``), sharing an unchanged partition with the previous release by a hard
+link, and reading a leaf file's row groups by index range (:class:`LeafFile`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""lcstore.io.inputs"""
+"""Input files: listing a delivery, hashing files, and reading epochal and reference
+catalogs (Parquet, and IPAC products through :mod:`lcstore.io.ztf_products`) cut into
+units, one exposure-quadrant processing or one reference catalog each (docs/inputs.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""lcstore.io.ledger"""
+"""The ledger: ``STORE/ledger/<batch>.parquet``, one row per unit an ingest batch staged
+(its file, content hash, key, rows and sky cells). A batch counts only once its ledger
+file exists."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lcstore.errors import StoreError
+from lcstore.io.layout import LEDGER_DIR
 from lcstore.io.staging import remove_uncommitted
 
 LEDGER_SCHEMA = pa.schema(
@@ -43,7 +46,7 @@ def read_ledger(store: str | Path) -> pd.DataFrame:
     StoreError
         If the ledger was written by an incompatible version of lcstore.
     """
-    files = sorted((Path(store) / "ledger").glob("*.parquet"))
+    files = sorted((Path(store) / LEDGER_DIR).glob("*.parquet"))
     if not files:
         return _ledger_frame(LEDGER_SCHEMA.empty_table())
     tables = [pq.read_table(f) for f in files]
@@ -67,5 +70,5 @@ def withdraw_batches(store: str | Path, batches: Iterable[str]) -> None:
     """Undo the ingest of ``batches``: their ledger files first (a batch counts only through
     its ledger file), then their staging files. Call only while holding the store's lock."""
     for batch in batches:
-        (Path(store) / "ledger" / f"{batch}.parquet").unlink(missing_ok=True)
+        (Path(store) / LEDGER_DIR / f"{batch}.parquet").unlink(missing_ok=True)
     remove_uncommitted(store)

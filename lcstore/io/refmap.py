@@ -1,4 +1,5 @@
-"""lcstore.io.refmap"""
+"""A release's refmap: the map from ZTF data-release object IDs (``ztf_oid``) to lcstore
+objects, one Parquet file per ZTF field under ``refmap/``, sorted by ``ztf_oid``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""lcstore.io.runs"""
+"""Sorted runs: the build's own intermediate files (the match output), uncompressed Arrow
+IPC sorted by one column, so that any range of that column is read without decoding the
+rest."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""lcstore.io.staging"""
+"""Staging: ``STORE/staging/<kind>[-margin]/<work pixel>/<batch>.arrow``, the rows of each
+ingest batch filed under the work pixel of their position, and under the work pixels in
+whose margin they lie."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lcstore.io.atomic import read_arrow
+from lcstore.io.layout import LEDGER_DIR, STAGING_DIR
 from lcstore.schema import EPOCHS, REFS
 
 #: Row column naming the ledger unit a staged row came from.
@@ -24,7 +27,7 @@ STAGING_SUFFIXES = frozenset({STAGING_SUFFIX, ".parquet"})
 
 def staging_dir(store: str | Path, kind: str, pixel: int, margin: bool = False) -> Path:
     """Folder of one work pixel's staged rows of ``kind``, or of the rows in its margin."""
-    return Path(store) / "staging" / (f"{kind}-margin" if margin else kind) / str(pixel)
+    return Path(store) / STAGING_DIR / (f"{kind}-margin" if margin else kind) / str(pixel)
 
 
 def staged_files(store: str | Path, kind: str, pixel: int, batches: set[str]) -> list[str]:
@@ -57,14 +60,14 @@ def remove_uncommitted(store: str | Path) -> list[Path]:
 
     Call only while holding the store's lock. Returns the files removed.
     """
-    committed = {p.stem for p in (Path(store) / "ledger").glob("*.parquet")}
+    committed = {p.stem for p in (Path(store) / LEDGER_DIR).glob("*.parquet")}
     stale = [
         f
         for folder in (EPOCHS, REFS, f"{EPOCHS}-margin", f"{REFS}-margin")
-        for f in (Path(store) / "staging" / folder).glob("*/*")
+        for f in (Path(store) / STAGING_DIR / folder).glob("*/*")
         if f.stem not in committed or f.name.startswith(".")
     ]
-    stale += list((Path(store) / "ledger").glob(".*.tmp"))
+    stale += list((Path(store) / LEDGER_DIR).glob(".*.tmp"))
     for f in stale:
         f.unlink()
     return stale
@@ -72,7 +75,7 @@ def remove_uncommitted(store: str | Path) -> list[Path]:
 
 def staged_pixels(store: str | Path, kind: str) -> list[int]:
     """Work pixels that have staging files of ``kind``."""
-    folder = Path(store) / "staging" / kind
+    folder = Path(store) / STAGING_DIR / kind
     if not folder.is_dir():
         return []
     return sorted(int(p.name) for p in folder.iterdir() if p.is_dir())

@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lcstore.io.layout import DETECTIONS, PIXELS_FILE, STATE_FILE, UNITS_FILE, common_metadata
+
 
 @dataclass(frozen=True)
 class ReleaseState:
@@ -39,7 +41,7 @@ class ReleaseState:
 
 def write_state(folder: Path, state: ReleaseState) -> None:
     """Write a release's state files into its (unpublished) folder."""
-    (folder / "state.json").write_text(
+    (folder / STATE_FILE).write_text(
         json.dumps(
             {
                 "name": state.name,
@@ -68,21 +70,21 @@ def write_state(folder: Path, state: ReleaseState) -> None:
             "refmap_fields": pa.array([list(r.refmap_fields or ()) for r in rows], pa.list_(pa.int64())),
         }
     )
-    pq.write_table(table, folder / "pixels.parquet")
-    pq.write_table(pa.table({"unit": pa.array(state.units, pa.int64())}), folder / "units.parquet")
+    pq.write_table(table, folder / PIXELS_FILE)
+    pq.write_table(pa.table({"unit": pa.array(state.units, pa.int64())}), folder / UNITS_FILE)
 
 
 def read_units(folder: Path) -> np.ndarray:
     """IDs of the ledger units a release shows."""
-    return pq.read_table(folder / "units.parquet").column("unit").to_numpy()
+    return pq.read_table(folder / UNITS_FILE).column("unit").to_numpy()
 
 
 def read_state(folder: Path) -> ReleaseState | None:
     """The state of a published release, or None if it has none."""
-    if not (folder / "state.json").is_file():
+    if not (folder / STATE_FILE).is_file():
         return None
-    meta = json.loads((folder / "state.json").read_text())
-    table = pq.read_table(folder / "pixels.parquet").to_pylist()
+    meta = json.loads((folder / STATE_FILE).read_text())
+    table = pq.read_table(folder / PIXELS_FILE).to_pylist()
     pixels = {
         row["pixel"]: PixelResult(
             pixel=row["pixel"],
@@ -104,7 +106,7 @@ def read_state(folder: Path) -> ReleaseState | None:
         )
         for row in table
     }
-    common = folder / "detections" / "dataset" / "_common_metadata"
+    common = common_metadata(folder / DETECTIONS)
     return ReleaseState(
         name=meta["name"],
         salt=meta["salt"],

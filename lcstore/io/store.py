@@ -24,6 +24,7 @@ from pathlib import Path
 
 from lcstore.errors import ReleaseNotFoundError, StoreError, StoreLockedError
 from lcstore.io.atomic import write_text_atomic
+from lcstore.io.layout import LATEST_FILE, LOCK_FILE, RELEASE_FILE, RELEASES_DIR, STORE_FILE
 
 #: Version of the store's staging layout. 2: margins are staged at ingest. 3: staging
 #: files are LZ4 Arrow IPC.
@@ -57,7 +58,7 @@ class Store:
 
     @property
     def config_path(self) -> Path:
-        return self.path / "store.json"
+        return self.path / STORE_FILE
 
     def exists(self) -> bool:
         return self.config_path.is_file()
@@ -133,7 +134,7 @@ class Store:
             If another process holds it.
         """
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "w") as fh:
+        with open(self.path / LOCK_FILE, "w") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as err:
@@ -158,22 +159,21 @@ class Store:
             raise StoreError(
                 f"invalid release name {name!r}: use letters, digits, '.', '_' and '-' only (e.g. DR5)"
             )
-        return self.path / "releases" / name
+        return self.path / RELEASES_DIR / name
 
     def releases(self) -> list[str]:
         """Names of the published releases, oldest first."""
-        folder = self.path / "releases"
+        folder = self.path / RELEASES_DIR
         if not folder.is_dir():
             return []
-        found = [p for p in folder.iterdir() if (p / "release.json").is_file()]
+        found = [p for p in folder.iterdir() if (p / RELEASE_FILE).is_file()]
         return [
-            p.name
-            for p in sorted(found, key=lambda p: json.loads((p / "release.json").read_text())["created"])
+            p.name for p in sorted(found, key=lambda p: json.loads((p / RELEASE_FILE).read_text())["created"])
         ]
 
     def latest(self) -> str:
         """Name of the latest published release."""
-        pointer = self.path / "LATEST"
+        pointer = self.path / LATEST_FILE
         if not pointer.is_file():
             raise ReleaseNotFoundError(f"store {self.path} has no published release yet")
         return pointer.read_text().strip()
@@ -183,7 +183,7 @@ class Store:
         self.config()
         name = release if release is not None else self.latest()
         folder = self.release_dir(name)
-        if not (folder / "release.json").is_file():
+        if not (folder / RELEASE_FILE).is_file():
             known = ", ".join(self.releases()) or "none"
             raise ReleaseNotFoundError(f"no release {name!r} in store {self.path} (releases: {known})")
         return folder

@@ -1,4 +1,5 @@
-"""lcstore.kernels.digests"""
+"""Digests of a work pixel's output, by cell: an order-independent sum of row hashes, so
+that an incremental build can tell which cells a rematched pixel emitted differently."""
 
 from __future__ import annotations
 

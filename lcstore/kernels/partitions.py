@@ -122,7 +122,8 @@ class Partitions:
         self._lo, self._hi = lo[by_lo], hi[by_lo]
         if np.any(self._lo[1:] < self._hi[:-1]):
             raise ValueError("partitions overlap: a catalog's partitions must be disjoint pixels")
-        self._parts = [(int(o), int(p)) for o, p in pairs[by_lo]]
+        self._parts = list(map(tuple, pairs[by_lo].tolist()))
+        self._by_lo = by_lo
 
     def __len__(self) -> int:
         return len(self._parts)
@@ -134,3 +135,25 @@ class Partitions:
         first = int(np.searchsorted(self._hi, lo, side="right"))
         last = int(np.searchsorted(self._lo, hi, side="left"))
         return self._parts[first:last]
+
+    def overlapping_ranges(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every pair of a range and a partition that overlap, for many ranges at once.
+
+        Parameters
+        ----------
+        lo, hi : numpy.ndarray
+            Non-empty ranges ``[lo, hi)`` of order-29 indices, in any order.
+
+        Returns
+        -------
+        ranges, parts : numpy.ndarray
+            For each overlapping pair, the position of the range in ``lo``, and of the
+            partition in the list the index was built from; sorted by range, then by the
+            partitions' sky order.
+        """
+        first = np.searchsorted(self._hi, lo, side="right")
+        counts = np.maximum(np.searchsorted(self._lo, hi, side="left") - first, 0)
+        ranges = np.repeat(np.arange(len(counts)), counts)
+        # first[r], first[r] + 1, ..., for each range r, without a Python loop.
+        sorted_pos = np.repeat(first - (np.cumsum(counts) - counts), counts) + np.arange(counts.sum())
+        return ranges, self._by_lo[sorted_pos]

@@ -1,4 +1,5 @@
-"""lcstore.kernels.rows"""
+"""Arrow table helpers on whole tables: a checked take, a cast that does not copy, and
+conforming a table to a schema."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""lcstore.kernels.validation"""
+"""The validation rules of input tables: required columns and their types, plausible
+positions and codes, unique detection keys. A table that breaks one raises
+:class:`~lcstore.errors.InputFileError` naming the file and the rule (docs/inputs.md)."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import pandas as pd
 import pyarrow.dataset as pds
 
 from lcstore import schema
+from lcstore.io.layout import OBJECTS, RELEASE_FILE, STATE_FILE, dataset_dir
 from lcstore.io.ledger import read_ledger
 from lcstore.io.state import read_units
 from lcstore.io.store import Store
@@ -63,7 +64,7 @@ def _cutoffs(info: dict) -> Cutoffs:
 
 
 def _objectids(folder) -> np.ndarray:
-    dataset = pds.dataset(folder / "objects" / "dataset", format="parquet")
+    dataset = pds.dataset(dataset_dir(folder / OBJECTS), format="parquet")
     return dataset.to_table(columns=[schema.OBJECTID]).column(schema.OBJECTID).to_numpy()
 
 
@@ -81,9 +82,9 @@ def diff_releases(store: str, old: str, new: str) -> ReleaseDiff:
     old_quadrants = pd.MultiIndex.from_frame(old_units[quadrant])
     reprocessed = pd.MultiIndex.from_frame(added[quadrant]).isin(old_quadrants)
 
-    old_cut = _cutoffs(json.loads((old_dir / "release.json").read_text()))
+    old_cut = _cutoffs(json.loads((old_dir / RELEASE_FILE).read_text()))
     # Newly public: delivered by the time the old release was built, but embargoed in it.
-    delivered = added["batch"].isin(set(json.loads((old_dir / "state.json").read_text())["batches"]))
+    delivered = added["batch"].isin(set(json.loads((old_dir / STATE_FILE).read_text())["batches"]))
     was_embargoed = delivered.to_numpy() & ~eligible(
         added["programid"].to_numpy(), added["mjd"].to_numpy(), old_cut
     )

@@ -43,9 +43,9 @@ from hats.io.validation import is_valid_catalog
 from hats.pixel_math import HealpixPixel
 
 from lcstore import schema
-from lcstore.build.margin import MARGIN_CATALOG
 from lcstore.io.checksums import CHECKSUMS_FILE, read_checksums, release_files
 from lcstore.io.inputs import hash_file
+from lcstore.io.layout import CATALOGS, OBJECTS_MARGIN, RELEASE_FILE, STATE_FILE, UNITS_FILE, partition_info
 from lcstore.io.ledger import read_ledger
 from lcstore.io.refmap import LEGACY_REFMAP, field_of_file, refmap_files
 from lcstore.io.store import Store
@@ -55,7 +55,6 @@ from lcstore.kernels.partitions import Partitions
 from lcstore.kernels.ztf_oid import FIELD_FACTOR
 from lcstore.schema import EPOCHS, REFS
 
-CATALOGS = ("objects", "detections")
 _REFMAP = "refmap"
 
 #: The detection key, as the release stores it: one detection in one processing version.
@@ -209,7 +208,7 @@ def hats_problems(catalog_dir: Path) -> list[str]:
 
 def _check_hats(folder: Path, report: VerifyReport) -> None:
     # Releases built before lcstore 0.3 have no margin cache.
-    margin = [MARGIN_CATALOG] if (folder / MARGIN_CATALOG).is_dir() else []
+    margin = [OBJECTS_MARGIN] if (folder / OBJECTS_MARGIN).is_dir() else []
     for catalog in [*CATALOGS, *margin]:
         for message in hats_problems(folder / catalog):
             report.findings.append(Finding("hats", f"invalid HATS catalog: {message}", catalog))
@@ -263,7 +262,7 @@ class _Partitions:
 
 def _read_manifest(folder: Path, report: VerifyReport) -> _Partitions | None:
     try:
-        state = json.loads((folder / "state.json").read_text())
+        state = json.loads((folder / STATE_FILE).read_text())
         parts = _Partitions(
             [tuple(p) for p in state["detection_partitions"]], [tuple(p) for p in state["object_partitions"]]
         )
@@ -273,7 +272,7 @@ def _read_manifest(folder: Path, report: VerifyReport) -> _Partitions | None:
         )
         return None
     for catalog, listed in zip(CATALOGS, (parts.objects, parts.detections), strict=True):
-        info = folder / catalog / "partition_info.csv"
+        info = partition_info(folder / catalog)
         if not info.is_file():
             continue  # the HATS check reports it
         table = pd.read_csv(info)
@@ -424,7 +423,7 @@ def _check_counts(
 ) -> None:
     """Rows of the release against the ledger's counts for the units it shows."""
     try:
-        units = pq.read_table(folder / "units.parquet").column("unit").to_numpy()
+        units = pq.read_table(folder / UNITS_FILE).column("unit").to_numpy()
     except (OSError, pa.ArrowException, KeyError) as err:
         report.findings.append(Finding("counts", f"cannot read the release's units ({err})", "units.parquet"))
         return
@@ -514,7 +513,7 @@ def _check_refmap(folder: Path, parts: _Partitions, report: VerifyReport) -> Non
 
 def _read_cutoffs(folder: Path, report: VerifyReport) -> Cutoffs | None:
     try:
-        info = json.loads((folder / "release.json").read_text())
+        info = json.loads((folder / RELEASE_FILE).read_text())
         return Cutoffs(parse_date(info["public_cutoff"]), parse_date(info["private_cutoff"]))
     except (OSError, ValueError, KeyError) as err:
         report.findings.append(Finding("manifest", f"cannot read the cutoffs ({err!r})", "release.json"))

@@ -38,6 +38,7 @@ from lcstore import schema
 from lcstore.errors import LcstoreError, QueryError, StoreError
 from lcstore.io import refmap
 from lcstore.io.hats import LeafFile, QueryStats
+from lcstore.io.layout import DETECTIONS, OBJECTS, RELEASE_FILE
 from lcstore.io.store import Store
 from lcstore.kernels.healpix import SPATIAL_INDEX_ORDER
 from lcstore.kernels.ztf_oid import is_ztf_oid
@@ -107,7 +108,7 @@ class Release:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        info_file = self.path / "release.json"
+        info_file = self.path / RELEASE_FILE
         if not info_file.is_file():
             raise StoreError(f"{self.path} is not a published release (no release.json)")
         self.info: dict = json.loads(info_file.read_text())
@@ -119,11 +120,11 @@ class Release:
 
     @functools.cached_property
     def _detections(self) -> Catalog:
-        return Catalog(self.path / "detections")
+        return Catalog(self.path / DETECTIONS)
 
     @functools.cached_property
     def _objects(self) -> Catalog:
-        return Catalog(self.path / "objects")
+        return Catalog(self.path / OBJECTS)
 
     @functools.cached_property
     def _refmap_leaves(self) -> dict[Path, LeafFile]:

@@ -24,9 +24,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import lcstore
-from lcstore.build.margin import MARGIN_CATALOG
 from lcstore.io.atomic import read_arrow
 from lcstore.io.checksums import write_checksums
+from lcstore.io.layout import OBJECTS_MARGIN
 from lcstore.io.staging import STAGING_SUFFIX
 from lcstore.io.store import FORMAT_VERSION
 from lcstore.kernels.embargo import Cutoffs, eligible, parse_date
@@ -65,7 +65,7 @@ def read_refmap(store: Path, release: str) -> pd.DataFrame:
 
 
 def assert_same_release(a: Path, b: Path, release: str) -> None:
-    for catalog in ("detections", "objects", MARGIN_CATALOG):
+    for catalog in ("detections", "objects", OBJECTS_MARGIN):
         left, right = read(a, release, catalog), read(b, release, catalog)
         pd.testing.assert_frame_equal(left, right, check_like=False)
     pd.testing.assert_frame_equal(read_refmap(a, release), read_refmap(b, release))
@@ -223,7 +223,7 @@ def test_margins_of_unchanged_partitions_follow_their_changed_neighbours(tmp_pat
     objects' new statistics, so it is written again, and equals the scratch build's."""
     report = first_patch_then_second(tmp_path, build, two_fields((150.2, 20.0), n_sources=600))
     assert report.partitions_shared > 0
-    dr1, dr2 = (tmp_path / "inc" / "store" / "releases" / name / MARGIN_CATALOG for name in ("DR1", "DR2"))
+    dr1, dr2 = (tmp_path / "inc" / "store" / "releases" / name / OBJECTS_MARGIN for name in ("DR1", "DR2"))
     linked = changed = 0
     for f in dr2.rglob("Npix=*.parquet"):
         twin = dr1 / f.relative_to(dr2)

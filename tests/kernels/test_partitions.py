@@ -143,8 +143,10 @@ def _random_partitioning(rng: np.random.Generator, max_order: int) -> list[tuple
 def test_partitions_overlapping_is_a_scan_of_the_list(seed, max_order, keep):
     rng = np.random.default_rng(seed)
     parts = [p for p in _random_partitioning(rng, max_order) if rng.random() < keep]
-    index = Partitions(rng.permutation(np.array(parts, dtype=np.int64).reshape(-1, 2)).tolist())
+    given = rng.permutation(np.array(parts, dtype=np.int64).reshape(-1, 2)).tolist()
+    index = Partitions(given)
     assert len(index) == len(parts)
+    queries = []
     for _ in range(20):
         order = int(rng.integers(0, 7))
         pixel = int(rng.integers(0, 12 * 4**order))
@@ -154,6 +156,12 @@ def test_partitions_overlapping_is_a_scan_of_the_list(seed, max_order, keep):
             key=lambda p: index_range(*p)[0],
         )
         assert index.overlapping(order, pixel) == expected
+        queries.append((lo, hi, expected))
+    # All the queries at once: (query, position in the list given) pairs.
+    lo, hi, _ = zip(*queries, strict=True)
+    at, positions = index.overlapping_ranges(np.array(lo), np.array(hi))
+    found = [(int(q), tuple(given[j])) for q, j in zip(at, positions, strict=True)]
+    assert found == [(q, p) for q, (_, _, expected) in enumerate(queries) for p in expected]
 
 
 def test_partitions_refuse_overlapping_pixels():

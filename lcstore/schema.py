@@ -49,6 +49,10 @@ DETECTION_KEY: tuple[str, ...] = ("expid", "ccdid", "qid", "sourceid")
 #: a matchfile holds many).
 EXPOSURE_QUADRANT_KEY: tuple[str, ...] = ("expid", "ccdid", "qid")
 
+#: The columns that identify one unit of epochal input: one processing version of one
+#: exposure-quadrant. A later version supersedes it (lcstore.kernels.supersede).
+EPOCH_UNIT_KEY: tuple[str, ...] = (*EXPOSURE_QUADRANT_KEY, "procversion")
+
 #: Required columns of a reference catalog (one per field/ccdid/qid/filtercode).
 REF_COLUMNS: dict[str, pa.DataType] = {
     "ra": pa.float64(),

@@ -106,9 +106,6 @@ def _read_parquet(path: str) -> pa.Table:
         raise InputFileError(path, f"unreadable Parquet ({err})") from err
 
 
-_EPOCH_UNIT_KEY = [*schema.EXPOSURE_QUADRANT_KEY, "procversion"]
-
-
 def read_units(kind: str, path: str) -> list[tuple[tuple, pa.Table]]:
     """Read one input file and split it into validated units.
 
@@ -174,7 +171,7 @@ def _read_units(kind: str, path: str) -> list[tuple[tuple, pa.Table]]:
             return _parquet_epoch_units(_read_parquet(path), path)
         else:
             raise InputFileError(path, f"a {file_kind} file is not an epochal catalog")
-        key_cols = _EPOCH_UNIT_KEY
+        key_cols = list(schema.EPOCH_UNIT_KEY)
     else:
         if file_kind == "matchfile":
             table = validate_refs(read_isolated(read_matchfile_refs, path), path)
@@ -196,7 +193,7 @@ def _read_units(kind: str, path: str) -> list[tuple[tuple, pa.Table]]:
 def _parquet_epoch_units(data: pa.Table, path: str) -> list[tuple[tuple, pa.Table]]:
     """Validate a Parquet epochal catalog, which holds exactly one exposure-quadrant version."""
     table = validate_epochs(data, path)
-    if any(pc.count_distinct(table.column(c)).as_py() != 1 for c in _EPOCH_UNIT_KEY):
+    if any(pc.count_distinct(table.column(c)).as_py() != 1 for c in schema.EPOCH_UNIT_KEY):
         raise InputFileError(path, "holds more than one exposure-quadrant/procversion")
     _check_single_exposure(table, path)
     return [(_unit_keys(table, [0])[0], table)]
@@ -204,8 +201,8 @@ def _parquet_epoch_units(data: pa.Table, path: str) -> list[tuple[tuple, pa.Tabl
 
 def _unit_keys(table: pa.Table, rows: list[int] | np.ndarray) -> list[tuple]:
     """The unit key (expid, ccdid, qid, procversion) of the given rows."""
-    keys = table.select(_EPOCH_UNIT_KEY).take(pa.array(rows, type=pa.int64())).to_pylist()
-    return [tuple(k[c] for c in _EPOCH_UNIT_KEY) for k in keys]
+    keys = table.select(list(schema.EPOCH_UNIT_KEY)).take(pa.array(rows, type=pa.int64())).to_pylist()
+    return [tuple(k[c] for c in schema.EPOCH_UNIT_KEY) for k in keys]
 
 
 #: Parquet epochal files validated together in one pass.
@@ -213,7 +210,7 @@ TOGETHER = 1024
 
 
 #: Columns that must be single-valued in a Parquet epochal file (one exposure-quadrant).
-_SINGLE_VALUED = [*_EPOCH_UNIT_KEY, "mjd", "programid", "field", "filtercode"]
+_SINGLE_VALUED = [*schema.EPOCH_UNIT_KEY, "mjd", "programid", "field", "filtercode"]
 
 
 def _screen_epochs(table: pa.Table, lengths: np.ndarray) -> np.ndarray:

@@ -66,6 +66,8 @@ def overlapping(first: np.ndarray, last: np.ndarray, lo: np.ndarray, hi: np.ndar
 
 def in_ranges(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Which values lie in one of the sorted, disjoint ranges ``[lo, hi)``."""
+    if len(lo) == 0:
+        return np.zeros(len(values), dtype=bool)
     j = np.searchsorted(lo, values, side="right") - 1
     return (j >= 0) & (values < hi[np.maximum(j, 0)])
 

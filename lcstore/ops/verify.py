@@ -49,6 +49,7 @@ from lcstore.io.layout import CATALOGS, OBJECTS_MARGIN, RELEASE_FILE, STATE_FILE
 from lcstore.io.ledger import read_ledger
 from lcstore.io.refmap import LEGACY_REFMAP, field_of_file, refmap_files
 from lcstore.io.store import Store
+from lcstore.kernels.cone import in_ranges
 from lcstore.kernels.embargo import Cutoffs, eligible, parse_date
 from lcstore.kernels.healpix import SPATIAL_INDEX_COLUMN, index_range
 from lcstore.kernels.partitions import Partitions
@@ -57,14 +58,13 @@ from lcstore.schema import EPOCHS, REFS
 
 _REFMAP = "refmap"
 
-#: The detection key, as the release stores it: one detection in one processing version.
-DETECTION_KEY = [*schema.DETECTION_KEY, "procversion"]
-
-#: What identifies a ledger unit of epochs within a release's detections.
-_UNIT_KEY = [*schema.EXPOSURE_QUADRANT_KEY, "procversion"]
+#: A release shows one processing version of each exposure-quadrant, so a detection key
+#: (without the version) appears at most once in it.
+DETECTION_KEY = list(schema.DETECTION_KEY)
+_UNIT_KEY = list(schema.EPOCH_UNIT_KEY)
 
 _DETECTION_COLUMNS = list(
-    dict.fromkeys([schema.OBJECTID, *DETECTION_KEY, "programid", "mjd", SPATIAL_INDEX_COLUMN])
+    dict.fromkeys([schema.OBJECTID, *DETECTION_KEY, *_UNIT_KEY, "programid", "mjd", SPATIAL_INDEX_COLUMN])
 )
 _OBJECT_COLUMNS = [schema.OBJECTID, "nobs", "nrefs", SPATIAL_INDEX_COLUMN]
 
@@ -230,17 +230,6 @@ def duplicate_rows(keys: list[np.ndarray]) -> np.ndarray:
     return np.sort(order[1:][same])
 
 
-def in_ranges(index: np.ndarray, ranges: list[tuple[int, int]]) -> np.ndarray:
-    """Mask of the values of ``index`` inside any of the disjoint half-open ``ranges``."""
-    if not ranges:
-        return np.zeros(len(index), dtype=bool)
-    ranges = sorted(ranges)
-    lo = np.array([r[0] for r in ranges], dtype=np.int64)
-    hi = np.array([r[1] for r in ranges], dtype=np.int64)
-    at = np.searchsorted(lo, index, side="right") - 1
-    return (at >= 0) & (index < hi[np.clip(at, 0, None)])
-
-
 def _rel(folder: Path, catalog: str, part: tuple[int, int]) -> str:
     full = Path(str(paths.pixel_catalog_file(str(folder / catalog), HealpixPixel(*part))))
     return full.relative_to(folder).as_posix()
@@ -339,7 +328,8 @@ def _check_detections(
                 f"{_key_text(table, repeats[0], DETECTION_KEY)}"
             )
             report.findings.append(Finding("duplicates", message, rel))
-        homeless = np.flatnonzero(~in_ranges(index, object_areas))
+        areas = np.array(sorted(object_areas), dtype=np.int64).reshape(-1, 2)
+        homeless = np.flatnonzero(~in_ranges(index, areas[:, 0], areas[:, 1]))
         if len(homeless):
             message = (
                 f"{len(homeless):,} detection(s) whose position no objects partition covers, so their "

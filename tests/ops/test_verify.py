@@ -26,7 +26,7 @@ from lcstore.io.atomic import atomic_write_table
 from lcstore.io.checksums import CHECKSUMS_FILE, read_checksums, write_checksums
 from lcstore.io.hats import ROW_GROUP_ROWS
 from lcstore.kernels.embargo import mjd_of_date, parse_date
-from lcstore.ops.verify import Finding, duplicate_rows, in_ranges, verify_release, verify_store
+from lcstore.ops.verify import Finding, duplicate_rows, verify_release, verify_store
 
 SMALL = {"detection_partition_rows": 200, "object_partition_rows": 60}
 
@@ -317,21 +317,6 @@ def test_duplicate_rows_match_brute_force(rows):
     keys = [np.array([r[i] for r in rows], dtype=np.int64) for i in range(2)]
     want = [i for i, r in enumerate(rows) if r in rows[:i]]
     assert duplicate_rows(keys).tolist() == want
-
-
-@given(
-    st.lists(st.integers(0, 100), max_size=40),
-    st.lists(st.tuples(st.integers(0, 100), st.integers(1, 10)), max_size=5),
-)
-def test_in_ranges_matches_brute_force(values, spans):
-    ranges, edge = [], -1
-    for start, length in sorted(spans):
-        if start > edge:  # keep the ranges disjoint
-            ranges.append((start, start + length))
-            edge = start + length
-    index = np.array(values, dtype=np.int64)
-    want = [any(lo <= v < hi for lo, hi in ranges) for v in values]
-    assert in_ranges(index, ranges).tolist() == want
 
 
 def test_refmap_row_in_another_fields_file_is_found(tmp_path, build, tiny_survey):

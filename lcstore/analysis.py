@@ -250,8 +250,8 @@ def lomb_scargle(
         ``1 / (samples_per_peak * baseline)`` cycles per day.
     method_kwds : dict, optional
         Passed to astropy's fast method; ``{"algorithm": "fasper"}`` (astropy >= 7) runs
-        about twice as fast as the default, a little less exactly, for surveys of many
-        sparse lightcurves.
+        faster than the default, a little less exactly, for surveys of many sparse
+        lightcurves.
 
     Returns
     -------

@@ -4,8 +4,8 @@ A build task allocates and frees arrays of a few hundred kB to a few hundred MB.
 glibc's defaults as Dask's nanny leaves them (it sets ``MALLOC_TRIM_THRESHOLD_=65536``,
 which also freezes the mmap threshold at 128 KiB), every array above 128 KiB is mapped
 from the operating system when allocated and unmapped when freed, so the next one is
-page-faulted in anew: 2.2 million page faults per worker in a 20-million-detection build,
-a third of its CPU time in the kernel on a virtual machine (docs/benchmarks.md).
+page-faulted in anew, and a worker spends much of its CPU time in the kernel, most of all
+on a virtual machine (measured in docs/benchmarks.md, "Design choices, measured").
 
 :func:`keep_freed_memory` raises the mmap threshold to glibc's largest (32 MiB), so that
 smaller blocks come from the heap and are reused, and lets up to 256 MiB of free heap
@@ -39,9 +39,9 @@ TRIM_THRESHOLD_BYTES = 256 << 20
 
 
 #: Environment of the worker processes: mimalloc keeps the memory Arrow frees for the next
-#: task (dense20m: 460,000 -> 220,000 page faults, 1.5 s less system time a build;
-#: docs/benchmarks.md). A worker's resident memory then stays at its largest task's
-#: (dense20m's peak 0.1-0.15 GB higher), still bounded by what one task holds.
+#: task instead of returning it and faulting it in again (docs/benchmarks.md). A worker's
+#: resident memory then stays at its largest task's, a little above what it would be
+#: otherwise, still bounded by what one task holds.
 WORKER_ENVIRONMENT = {"MIMALLOC_PURGE_DELAY": "-1"}
 
 

@@ -23,7 +23,7 @@ class BuildConfig:
     work_order: int = DEFAULT_WORK_ORDER
     detection_partition_rows: int = 2_000_000
     object_partition_rows: int = 1_000_000
-    batch_bytes: int = 64 << 20  # input bytes per ingest task; bounds its memory (~0.7 GB)
+    batch_bytes: int = 64 << 20  # input bytes per ingest task; bounds its memory (cluster/README.md, Sizing)
     strict: bool = False  # fail before publishing if any input was quarantined or conflicted
 
     @property

@@ -125,8 +125,8 @@ def stage_batch(
     rows = 0
     if tables:
         with timer.step("index"):
-            # One chunk, then one take. A take straight from the per-file slices skips this
-            # copy but was no faster over a whole batch (pyarrow 26: 0.83 vs 0.80 s for 800 files).
+            # One chunk, then one take. A take straight from the per-file slices would skip
+            # this copy but is no faster over a whole batch (pyarrow 26).
             table = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
             unit_of_row = np.repeat(np.arange(len(ledger)), [t.num_rows for t in tables])  # ledger position
             tables.clear()  # the rows live on in ``table``; drop the per-unit references
@@ -140,7 +140,7 @@ def stage_batch(
             ):
                 row["cells"] = cells
             # Rows at one order-29 index may come in any order: nothing reads staged rows
-            # in their order but by their index (and the unstable sort is 2.7x faster).
+            # in their order but by their index, so the faster unstable sort will do.
             order = np.argsort(index)
             table = take_rows(table, order)
             index = index[order]
@@ -154,8 +154,8 @@ def stage_batch(
                 band = margin_rows(index[start:end], work_order, pixel, margin_arcsec)
                 for nbr, positions in band.items():
                     margins.setdefault(nbr, []).append(positions + start)
-            # Every margin row in one take (a take per pixel and neighbour cost more than the
-            # rows: a third of this step), then each neighbour's share.
+            # Every margin row in one take (a take per pixel and neighbour costs more in
+            # per-call overhead than in rows), then each neighbour's share.
             bands = {nbr: np.concatenate(positions) for nbr, positions in margins.items()}
             taken = take_rows(table, np.concatenate(list(bands.values()))) if bands else None
             offset = 0
@@ -175,7 +175,8 @@ def write_batch_list(files: list[InputFile], path: Path) -> None:
     """Record the files of one ingest batch for :func:`stage_listed_batch`.
 
     The task then carries a path, not the list: a build's file lists would otherwise all
-    travel through the Dask scheduler in the task graph (16 MB for 94,000 files).
+    travel through the Dask scheduler in the task graph, which would grow with the number
+    of input files.
     """
     columns = {name: [getattr(f, name) for f in files] for name in InputFile.__dataclass_fields__}
     atomic_write_table(pa.table(columns), path)

@@ -58,12 +58,12 @@ MATCH_VERSION = 2
 #: Order of the row-count histograms the match step returns for partition planning.
 HISTOGRAM_ORDER = 12
 
-#: Staged detection files read and matched together, at most this many bytes of Parquet
-#: (about 400,000 rows): few reads, and a task's memory no larger than an ingest task's.
+#: Staged detection files read and matched together, at most this many bytes of staging
+#: files: few reads, and a task's memory no larger than an ingest task's.
 CHUNK_BYTES = 16 << 20
 
-#: Most matched detections a pixel holds before writing them out (about 30 MB): fewer,
-#: larger files for the write step than one per staging file, in bounded memory.
+#: Most matched detections a pixel holds before writing them out: fewer, larger files for
+#: the write step than one per staging file, in bounded memory.
 OUTPUT_PART_ROWS = 250_000
 
 
@@ -300,7 +300,7 @@ def _read_staged(
         return None
     tables = [read_staged_file(f) for f in files]
     table = pa.concat_tables(tables, promote_options="permissive")
-    # A hash lookup: 4x faster than np.isin's sort of every row with the excluded units.
+    # A hash lookup, not np.isin, which sorts every row with the excluded units.
     units = pa.array(excluded, type=pa.int64())
     keep = ~pc.is_in(table.column(UNIT_COLUMN), value_set=units).to_numpy(zero_copy_only=False)
     if cutoffs is not None:

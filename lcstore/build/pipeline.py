@@ -137,7 +137,8 @@ def _hashed(frames: list[pd.DataFrame]) -> list[InputFile]:
     if not frames:
         return []
     table = pd.concat(frames, ignore_index=True)
-    # Whole columns to lists: a row iterator over Arrow-backed columns costs ~25 us a file.
+    # Whole columns to lists: a row iterator over Arrow-backed columns converts each value
+    # on its own, slow at hundreds of thousands of files.
     columns = [table[c].tolist() for c in ("path", "sha256", "size", "mtime_ns")]
     return [InputFile(*row) for row in zip(*columns, strict=True)]
 
@@ -344,7 +345,7 @@ def _detection_schema(work_dir: Path, previous: pa.Schema | None) -> pa.Schema:
     trailing = [schema.HAS_REF, schema.OBJECT_RA, schema.OBJECT_DEC, SPATIAL_INDEX_COLUMN]
     middle = sorted(n for n in unified.names if n not in leading and n not in trailing)
     # lcstore's columns and the required input columns never hold nulls: declared so, Parquet
-    # writes no definition levels for them (12 % of the write time) and refuses a null.
+    # writes no definition levels for them and refuses a null.
     return pa.schema([unified.field(n).with_nullable(n in middle) for n in leading + middle + trailing])
 
 

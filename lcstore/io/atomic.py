@@ -35,9 +35,8 @@ def _atomic_sink(path: Path) -> Iterator[pa.NativeFile]:
     Writes reach the file system 1 MiB at a time. Parquet and Arrow IPC writers write each
     page or buffer as they encode it, thousands of writes of a few kB for a release
     partition or a staging file, and the kernel zeroes the rest of each fresh page-cache
-    page a write fills only in part before the next write copies over it. A batch's
-    staging files of 30,000 rows: 0.28-0.31 -> 0.24 s, kernel time 0.15 -> 0.05-0.12 s;
-    dense20m's release partitions 6.0-6.25 -> 5.4-5.6 s (docs/benchmarks.md).
+    page a write fills only in part before the next write copies over it. Writing 1 MiB
+    at a time avoids most of that zeroing (docs/benchmarks.md, "Design choices, measured").
     """
     tmp = _temporary(path)
     try:
@@ -52,9 +51,9 @@ def _atomic_sink(path: Path) -> Iterator[pa.NativeFile]:
 def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
     """Write a Parquet file so that it appears whole or not at all.
 
-    Every data page carries a CRC-32 of its bytes (10 % more write time), which readers
-    that ask for it check: lcstore's own queries do, so a page damaged on disk raises
-    :class:`lcstore.errors.DamagedFileError` instead of returning wrong values.
+    Every data page carries a CRC-32 of its bytes, at a small cost in write time, which
+    readers that ask for it check: lcstore's own queries do, so a page damaged on disk
+    raises :class:`lcstore.errors.DamagedFileError` instead of returning wrong values.
     """
     with _atomic_sink(path) as sink:
         pq.write_table(

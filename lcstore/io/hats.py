@@ -68,7 +68,7 @@ class LeafFile:
             return None, QueryStats()
         handle = pq.ParquetFile(self.path, metadata=self.metadata, page_checksum_verification=True)
         try:
-            if len(groups) == 1:  # most cones: 0.1 ms less than read_row_groups of one group
+            if len(groups) == 1:  # most cones: read_row_group skips read_row_groups' overhead for a list
                 table = handle.read_row_group(int(groups[0]), columns=columns, use_threads=False)
             else:
                 table = handle.read_row_groups(groups.tolist(), columns=columns, use_threads=False)
@@ -84,26 +84,26 @@ ROW_GROUP_ROWS = 5_000
 
 
 #: Columns with few distinct values in a file, which Parquet dictionary-encodes (as it
-#: does every text column). Positions, times, fluxes and IDs are written plain: building a
-#: dictionary for them costs a third of the write time and saves nothing. Small integers
-#: that run-length encoding and compression shrink as well (``qid``, ``catflags``,
-#: ``procversion``, ``expid``) are written plain too: their dictionary would save a few
-#: tenths of a byte a row for 20-30 % more time on the column.
+#: does every text column). Positions, times, fluxes and IDs are written plain: their
+#: values rarely repeat, so a dictionary costs write time and saves nothing. Small integers
+#: (``qid``, ``catflags``, ``procversion``, ``expid``) are written plain too: run-length
+#: encoding and compression already shrink them, and a dictionary would save little for
+#: more write time.
 DICTIONARY_COLUMNS = frozenset({"filtercode", "field", "ccdid", "programid"})
 
 
 #: Measurement columns whose values in a row group of 5,000 neighbouring detections span
 #: nearly their whole range, so min/max statistics would prune nothing: none are written
-#: for them (8 % of the write time of a detections partition). Every other column keeps
-#: them: positions, times, IDs, the spatial index.
+#: for them, which saves their write time. Every other column keeps them: positions,
+#: times, IDs, the spatial index.
 UNPRUNED_COLUMNS = frozenset(
     {"psfflux", "psffluxerr", "mag", "magerr", "airmass", "chi", "exptime", "limitmag", "magzp", "sharp"}
     | {"filtercode", schema.HAS_REF}
 )
 
 
-#: Columns of doubles whose low bytes look random, which snappy cannot shrink (7.1 of
-#: 8 bytes a value) but spends 40 % of the column's write time trying: written uncompressed.
+#: Columns of doubles whose low bytes look random, which snappy can hardly shrink but
+#: spends write time trying: written uncompressed.
 UNCOMPRESSED_COLUMNS = frozenset({"ra", "dec"})
 
 

@@ -65,7 +65,7 @@ def hash_file(path: str) -> InputFile:
         digest = hashlib.sha256()
         # 64 kB reads: Dask workers set MALLOC_TRIM_THRESHOLD_, which keeps glibc from
         # raising its mmap threshold, so every buffer over 128 kB would cost an mmap and
-        # its page faults (5x the hashing time for small files).
+        # its page faults, more than hashing a small file.
         while chunk := fh.read(1 << 16):
             digest.update(chunk)
     return InputFile(path=path, sha256=digest.hexdigest(), size=stat.st_size, mtime_ns=stat.st_mtime_ns)
@@ -97,9 +97,9 @@ def _read_parquet(path: str) -> pa.Table:
         with open(path, "rb") as fh:
             data = fh.read()
         # From memory and on one thread: for the small files surveys deliver, the file
-        # system layer and the thread pool cost more than decoding (0.26 vs 0.63 ms a file).
+        # system layer and the thread pool cost more than decoding.
         # Pages written with a CRC-32 are checked against it: a changed byte is refused.
-        # Already in memory: no read-ahead buffering (pre_buffer), 2-3 % faster.
+        # Already in memory: no read-ahead buffering (pre_buffer), which would only copy it.
         reader = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True, pre_buffer=False)
         return reader.read(use_threads=False)
     except (OSError, pa.ArrowException) as err:
@@ -144,8 +144,8 @@ def read_files(kind: str, paths: list[str]) -> list[list[tuple[tuple, pa.Table]]
     """
     results: list = [None] * len(paths)
     together = [i for i, path in enumerate(paths) if kind == EPOCHS and sniff_kind(path) == "parquet"]
-    # In chunks: a small table read from a file costs some 60 kB besides its rows, which
-    # would add up over a whole batch; the chunk's rows end up in one table.
+    # In chunks: each table read from a file carries a fixed memory overhead besides its
+    # rows, which would add up over a whole batch; the chunk's rows end up in one table.
     for first in range(0, len(together), TOGETHER):
         chunk = together[first : first + TOGETHER]
         for i, result in zip(chunk, read_epoch_parquets([paths[i] for i in chunk]), strict=True):

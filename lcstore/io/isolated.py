@@ -4,11 +4,11 @@ Some corrupt HDF5 files crash the process that reads them (a segfault inside the
 library). Reading each matchfile in a child process turns that crash into a quarantined
 file instead of a dead Dask worker and, through its retries, a failed build.
 
-Starting a Python interpreter costs about 0.7 s, reading a small matchfile about 15 ms, so
-the child lives on: each thread that reads gets its own, started at its first file and
-started again after a crash. It holds about 140 MB (the reader libraries), so callers stop
-it when they are done with a batch of files (:func:`stop_reader`). A child also ends when
-its parent closes its stdin, or dies.
+Starting a Python interpreter and importing the readers costs far more than reading a
+small matchfile, so the child lives on: each thread that reads gets its own, started at
+its first file and started again after a crash. It holds the reader libraries in memory,
+so callers stop it when they are done with a batch of files (:func:`stop_reader`). A
+child also ends when its parent closes its stdin, or dies.
 
 The protocol, one JSON object per line: the parent sends ``{"module", "name", "path",
 "out"}``; the child calls ``module.name(path)``, writes the DataFrame it returns to the

@@ -60,9 +60,9 @@ def read_ledger(store: str | Path) -> pd.DataFrame:
 
 
 def _ledger_frame(table: pa.Table) -> pd.DataFrame:
-    """The ledger as pandas, its ``cells`` lists left in Arrow: as numpy arrays, one
-    Python object a unit, they took a quarter more of the client's memory (the ledger
-    holds a row per unit ever staged: 18.5 million for ZTF's images)."""
+    """The ledger as pandas, its ``cells`` lists left in Arrow: as numpy arrays they
+    would cost a Python object a unit in the client's memory, and the ledger holds a row
+    per unit ever staged (18.5 million for ZTF's images)."""
     return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if pa.types.is_list(t) else None)
 
 

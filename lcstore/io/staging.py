@@ -45,7 +45,7 @@ def staged_files(store: str | Path, kind: str, pixel: int, batches: set[str]) ->
 def read_staged_file(path: str) -> pa.Table:
     """The rows of one staging file, of this format or of format 2 (Parquet)."""
     if path.endswith(".parquet"):
-        # ParquetFile, not read_table: the dataset layer costs a third more per file.
+        # ParquetFile, not read_table: read_table's dataset layer adds a cost to every file.
         return pq.ParquetFile(path).read(use_threads=False)
     return read_arrow(path)
 

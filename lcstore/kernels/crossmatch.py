@@ -14,8 +14,8 @@ never affects exactness.
 
 Queries are counting-sorted too, by blocks of adjacent columns, and answered in that
 order, so that the targets and grid entries one block reads stay in cache: in random
-order every query would wait on main memory (three times slower over 5 million). Each
-step is one pass over contiguous arrays; no tree, no comparison sort.
+order every query would wait on main memory. Each step is one pass over contiguous
+arrays; no tree, no comparison sort.
 
 Pure numpy + numba; no I/O, no Dask.
 """

@@ -26,8 +26,8 @@ def ring_order(order: int, threshold_arcsec: float) -> int:
     """HEALPix order of the ring around a partition of ``order``: the finest whose pixels
     are at least ``threshold_arcsec`` across, and no coarser than the partition.
 
-    Cached: each call costs 0.2 ms per order tried (hats computes pixel sizes with astropy
-    units), and it is asked once per partition."""
+    Cached: each order tried costs a pixel size that hats computes with astropy units,
+    slow beside the rest, and it is asked once per partition."""
     finest = order
     while finest - order < _MAX_RING_DEPTH and order2mindist(finest + 1) * 60.0 >= threshold_arcsec:
         finest += 1
@@ -57,7 +57,7 @@ def _ring_cells(
     """The pixels of order ``order + depth`` just outside each pixel ``pixels[rows]`` (all
     of ``order``), as (row, order-29 range start, end) in chunks of at most about
     :data:`_BAND_CHUNK` pixels: one call to cdshealpix for a chunk, where a call per pixel
-    costs 0.4 ms, most of it overhead."""
+    would cost mostly per-call overhead."""
     shift = 2 * (SPATIAL_INDEX_ORDER - order - depth)
     step = max(1, _BAND_CHUNK // ((4 << depth) + 4))
     for chunk in np.array_split(rows, range(step, len(rows), step)):
@@ -146,7 +146,7 @@ def margin_plan(
 def _collector_paused() -> Iterator[None]:
     """Pause Python's cyclic garbage collector: building a list per partition (a million
     objects at survey scale, none in a cycle), it would otherwise traverse every object of
-    the process again and again, half the time of :func:`margin_plan` at 250 000."""
+    the process again and again, a large share of :func:`margin_plan`'s time."""
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -31,6 +31,7 @@ from astropy.timeseries import LombScargle, TimeSeries
 
 from lcstore import schema
 from lcstore.errors import QueryError
+from lcstore.kernels.statistics import good_detections
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -103,7 +104,9 @@ KINDS: tuple[str, ...] = ("pandas", "nested", "timeseries", "table")
 
 
 def good(lightcurve: pd.DataFrame) -> np.ndarray:
-    """Which detections are good: ``catflags == 0`` and finite, positive-error magnitudes.
+    """Which detections are good (:func:`lcstore.kernels.statistics.good_detections`, the
+    definition behind the release's ``ngood_*`` and ``mean_mag_*``): ``catflags == 0`` and
+    finite magnitudes with finite, positive errors.
 
     Parameters
     ----------
@@ -115,9 +118,10 @@ def good(lightcurve: pd.DataFrame) -> np.ndarray:
     numpy.ndarray
         Boolean mask, one element per row.
     """
-    mag = lightcurve["mag"].to_numpy(dtype=float)
-    magerr = lightcurve["magerr"].to_numpy(dtype=float)
-    return (lightcurve["catflags"].to_numpy() == 0) & np.isfinite(mag) & np.isfinite(magerr) & (magerr > 0)
+    return good_detections(
+        lightcurve["catflags"].to_numpy(), lightcurve["mag"].to_numpy(dtype=float),
+        lightcurve["magerr"].to_numpy(dtype=float),
+    )  # fmt: skip
 
 
 def _table(frame: pd.DataFrame) -> Table:

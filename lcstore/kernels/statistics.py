@@ -20,6 +20,7 @@ STATISTICS_INPUT = pa.schema(
         ("filtercode", pa.string()),
         ("mjd", pa.float64()),
         ("mag", pa.float32()),
+        ("magerr", pa.float32()),
         ("catflags", pa.int32()),
     ]
 )
@@ -48,18 +49,31 @@ STATISTICS_SCHEMA = pa.schema(
 )
 
 
+def good_detections(catflags: np.ndarray, mag: np.ndarray, magerr: np.ndarray) -> np.ndarray:
+    """Which detections are good: no quality flag set (``catflags == 0``), a finite
+    magnitude and a finite, positive magnitude error.
+
+    The one definition of a good detection: the release's ``ngood_*``, ``mean_mag_*`` and
+    ``std_mag_*`` count and average these, and :func:`lcstore.analysis.good` selects them.
+    """
+    mag = np.asarray(mag, dtype=np.float64)
+    magerr = np.asarray(magerr, dtype=np.float64)
+    return (np.asarray(catflags) == 0) & np.isfinite(mag) & np.isfinite(magerr) & (magerr > 0)
+
+
 def object_statistics(dets: pa.Table) -> pa.Table:
     """Per-object, per-band statistics of a set of detections.
 
     For each band ``f`` in zg, zr, zi: ``nobs_f`` (all detections), ``ngood_f``
-    (``catflags == 0`` and finite mag), ``mean_mag_f`` and ``std_mag_f`` (of the good
-    ones; std is the sample standard deviation, NaN below 2 points), ``first_mjd_f`` and
+    (the good ones, :func:`good_detections`), ``mean_mag_f`` and ``std_mag_f`` (of the good
+    ones, magnitudes; std is the sample standard deviation, NaN below 2 points), ``first_mjd_f`` and
     ``last_mjd_f`` (of all detections, MJD; NaN without detections in the band).
 
     Parameters
     ----------
     dets : pyarrow.Table
-        Columns ``objectid``, ``filtercode``, ``mjd``, ``mag``, ``catflags``; any order.
+        Columns ``objectid``, ``filtercode``, ``mjd``, ``mag``, ``magerr``, ``catflags``; any
+        order.
 
     Returns
     -------
@@ -74,7 +88,8 @@ def object_statistics(dets: pa.Table) -> pa.Table:
     )
     mjd = dets.column("mjd").to_numpy().astype(np.float64)
     mag = dets.column("mag").to_numpy(zero_copy_only=False).astype(np.float64)
-    good = (dets.column("catflags").to_numpy() == 0) & np.isfinite(mag)
+    magerr = dets.column("magerr").to_numpy(zero_copy_only=False)
+    good = good_detections(dets.column("catflags").to_numpy(), mag, magerr)
     starts = _group_starts(ids)
     if len(np.unique(ids[starts])) < len(starts):  # some object's rows are not contiguous
         order = np.argsort(ids, kind="stable")

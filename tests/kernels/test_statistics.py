@@ -14,7 +14,8 @@ from lcstore.kernels.statistics import BAND_STATISTICS, STATISTICS_INPUT, object
 
 def pandas_statistics(dets: pd.DataFrame) -> pd.DataFrame:
     """The statistics by pandas groupby, the plain way: the oracle for the numba kernel."""
-    good = (dets["catflags"] == 0) & np.isfinite(dets["mag"])
+    magerr = dets["magerr"].astype(np.float64)
+    good = (dets["catflags"] == 0) & np.isfinite(dets["mag"]) & np.isfinite(magerr) & (magerr > 0)
     frame = dets.assign(good=good, good_mag=dets["mag"].where(good).astype(np.float64))
     grouped = frame.groupby(["objectid", "filtercode"])
     stats = pd.DataFrame(
@@ -53,6 +54,9 @@ def test_object_statistics_equal_pandas_groupby(n, data):
             "filtercode": np.array(schema.FILTERCODES)[data.draw(ints(0, 2))],
             "mjd": 58000.0 + data.draw(ints(0, 1000)) / 8,
             "mag": data.draw(mags),
+            "magerr": data.draw(
+                hnp.arrays(np.float32, n, elements=st.sampled_from([0.02, 0.1, 0.0, -0.1, np.nan, np.inf]))
+            ),
             "catflags": data.draw(hnp.arrays(np.int32, n, elements=st.sampled_from([0, 0, 4, 32768]))),
         }
     )
@@ -64,3 +68,23 @@ def test_object_statistics_equal_pandas_groupby(n, data):
         pa.Table.from_pandas(dets, schema=STATISTICS_INPUT, preserve_index=False)
     ).to_pandas()
     pd.testing.assert_frame_equal(got, pandas_statistics(dets), check_exact=False, rtol=1e-6)
+
+
+def test_ngood_counts_what_analysis_good_selects():
+    """One definition of a good detection: the release's ngood and analysis.good agree,
+    also on flagged rows, NaN magnitudes and NaN, zero or negative errors."""
+    from lcstore import analysis
+
+    dets = pd.DataFrame(
+        {
+            "objectid": np.repeat([1, 2], 6),
+            "filtercode": ["zg"] * 12,
+            "mjd": 58000.0 + np.arange(12),
+            "mag": np.array([18, 18, np.nan, 18, 18, 18] * 2, dtype=np.float32),
+            "magerr": np.array([0.1, np.nan, 0.1, 0.0, -0.1, 0.1] * 2, dtype=np.float32),
+            "catflags": np.array([0, 0, 0, 0, 0, 32768, 0, 0, 0, 0, 4, 0], dtype=np.int32),
+        }
+    )
+    stats = object_statistics(pa.Table.from_pandas(dets, schema=STATISTICS_INPUT, preserve_index=False))
+    good = analysis.good(dets)
+    assert stats.column("ngood_zg").to_pylist() == [good[:6].sum(), good[6:].sum()] == [1, 2]

@@ -13,16 +13,14 @@ from hypothesis import settings
 settings.register_profile("lcstore", deadline=None)
 settings.load_profile("lcstore")
 
-#: Real public survey excerpts next to the repository (read-only; see its README.md).
-SHARED_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+#: Real public survey excerpts the tests carry (see its README.md).
+REAL_DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
-def shared_data_dir() -> Path:
-    """The shared real-data directory; skips the test when it is absent."""
-    if not SHARED_DATA_DIR.is_dir():
-        pytest.skip(f"shared survey data not found at {SHARED_DATA_DIR}; see its README.md")
-    return SHARED_DATA_DIR
+def real_data_dir() -> Path:
+    """The real-data excerpts of ``tests/data`` (ZTF matchfiles, refpsfcat, DR8 answers)."""
+    return REAL_DATA_DIR
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,7 @@ KEY = ["expid", "ccdid", "qid", "sourceid", "procversion"]
 #: shows up as rows that no good file has.
 BAD_EXPID = 9_000_000_000
 
-#: The real IPAC products of the shared data directory that the corpus uses.
+#: The real IPAC products of tests/data that the corpus uses.
 REAL_REFPSFCATS = ("ztf_000202_zg_c10_q1_refpsfcat.fits", "ztf_000633_zr_c07_q4_refpsfcat.fits")
 REAL_MATCHFILES = ("ztf_000245_zr_c10_q1_match.pytable", "ztf_000269_zr_c10_q1_match.pytable")
 
@@ -358,13 +358,13 @@ def _last_night_files(survey: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory, shared_data_dir, build) -> Corpus:
+def corpus(tmp_path_factory, real_data_dir, build) -> Corpus:
     root = tmp_path_factory.mktemp("bad")
     survey = simulate(root / "survey", PRESETS["tiny"]).out_dir
     epochs, refs = root / "inputs" / "epochs", root / "inputs" / "refs"
     shutil.copytree(survey / "epochs", epochs)
     shutil.copytree(survey / "refs", refs)
-    ztf = shared_data_dir / "ztf"
+    ztf = real_data_dir / "ztf"
     for name in REAL_REFPSFCATS:
         shutil.copy(ztf / "refpsfcat" / name, refs / name)
     for name in REAL_MATCHFILES:  # a matchfile serves both: its sources and its detections
@@ -433,9 +433,7 @@ def expected_keys(corpus: Corpus, matchfiles: Path) -> pd.MultiIndex:
 # --------------------------------------------------------------------------- the build
 
 
-def test_broken_files_are_quarantined_and_everything_good_is_released(
-    corpus, build, tmp_path, shared_data_dir
-):
+def test_broken_files_are_quarantined_and_everything_good_is_released(corpus, build, tmp_path, real_data_dir):
     store = copy_store(corpus, tmp_path)
     dr1_before = fingerprint(store / "releases" / "DR1")
     report = build(corpus.epochs, corpus.refs, store, "DR2")
@@ -464,7 +462,7 @@ def test_broken_files_are_quarantined_and_everything_good_is_released(
     dets = read_catalog(store, "DR2", "detections")
     assert not dets.duplicated(KEY).any()
     got = pd.MultiIndex.from_frame(dets[KEY].astype("int64").sort_values(KEY))
-    want = expected_keys(corpus, shared_data_dir / "ztf" / "matchfiles")
+    want = expected_keys(corpus, real_data_dir / "ztf" / "matchfiles")
     assert len(want.difference(got)) == 0, "good detections lost"
     assert len(got.difference(want)) == 0, "rows of broken files, or unknown rows, released"
     assert len(got) == len(want) == report.detections
@@ -680,14 +678,14 @@ def _mutations(data: bytes, rng: np.random.Generator, n_changed: int) -> list[tu
 
 
 @pytest.mark.slow
-def test_every_mutation_of_a_valid_file_is_read_or_quarantined(tmp_path, tiny_survey, shared_data_dir):
+def test_every_mutation_of_a_valid_file_is_read_or_quarantined(tmp_path, tiny_survey, real_data_dir):
     """Seeded truncations and byte changes of each kind of input: staged, or quarantined.
 
     Never an exception out of the ingest task, nor a crash of its process, either of which
     fails the build. A changed byte may also go unnoticed (a value in a data page); that is
     not tested here.
     """
-    ztf = shared_data_dir / "ztf"
+    ztf = real_data_dir / "ztf"
     originals = {
         (EPOCHS, "epoch.parquet"): sorted(tiny_survey.epochs_dir.rglob("*.parquet"))[0],
         (REFS, "ref.parquet"): sorted(tiny_survey.refs_dir.glob("*.parquet"))[0],
@@ -731,33 +729,33 @@ READER_ESCAPES = {
 }
 
 
-def _write_escape(case: str, folder: Path, shared_data_dir: Path) -> tuple[str, Path]:
+def _write_escape(case: str, folder: Path, real_data_dir: Path) -> tuple[str, Path]:
     kind, subfolder, name, position, value = READER_ESCAPES[case]
     path = folder / name
-    path.write_bytes(_flip((shared_data_dir / "ztf" / subfolder / name).read_bytes(), position, value))
+    path.write_bytes(_flip((real_data_dir / "ztf" / subfolder / name).read_bytes(), position, value))
     return kind, path
 
 
 @pytest.mark.parametrize("case", sorted(READER_ESCAPES))
-def test_one_corrupt_byte_is_quarantined(tmp_path, shared_data_dir, case):
-    kind, path = _write_escape(case, tmp_path, shared_data_dir)
+def test_one_corrupt_byte_is_quarantined(tmp_path, real_data_dir, case):
+    kind, path = _write_escape(case, tmp_path, real_data_dir)
     assert stage_in_child([(kind, path)]) == ["quarantined"]
 
 
-def test_a_file_that_escapes_its_reader_does_not_stop_the_build(corpus, build, tmp_path, shared_data_dir):
+def test_a_file_that_escapes_its_reader_does_not_stop_the_build(corpus, build, tmp_path, real_data_dir):
     refs = tmp_path / "refs"
     shutil.copytree(corpus.survey / "refs", refs)
-    _, bad = _write_escape("FITS header card unparsable (VerifyError)", refs, shared_data_dir)
+    _, bad = _write_escape("FITS header card unparsable (VerifyError)", refs, real_data_dir)
     report = build(corpus.survey / "epochs", refs, tmp_path / "store", "DR1")
     assert [q["path"] for q in report.quarantined] == [str(bad)]
 
 
 @pytest.mark.slow
-def test_a_file_that_crashes_its_reader_does_not_stop_the_build(corpus, tmp_path, shared_data_dir):
+def test_a_file_that_crashes_its_reader_does_not_stop_the_build(corpus, tmp_path, real_data_dir):
     """Run as ``lcstore build`` in a child process: the crash kills worker processes."""
     epochs = tmp_path / "epochs"
     shutil.copytree(corpus.survey / "epochs", epochs)
-    _, bad = _write_escape("HDF5 crashes the reader (SIGSEGV)", epochs, shared_data_dir)
+    _, bad = _write_escape("HDF5 crashes the reader (SIGSEGV)", epochs, real_data_dir)
     store = tmp_path / "store"
     argv = [
         "build",

@@ -402,10 +402,10 @@ def test_hjd_equals_astropy_light_travel_time():
     assert np.abs(heliocentric_jd(mjd, ra, dec) - want).max() * 86400.0 < 1e-6
 
 
-def test_hjd_agrees_with_ipac(shared_data_dir):
+def test_hjd_agrees_with_ipac(real_data_dir):
     # IPAC's own hjd in a real matchfile: mid-exposure mjd, detection position.
     tables = pytest.importorskip("tables")
-    path = shared_data_dir / "ztf" / "matchfiles" / "ztf_000245_zr_c10_q1_match.pytable"
+    path = real_data_dir / "ztf" / "matchfiles" / "ztf_000245_zr_c10_q1_match.pytable"
     with tables.open_file(path) as h5:
         rows = h5.root.matches.sourcedata.read()
     got = heliocentric_jd(rows["mjd"], rows["ra"], rows["dec"])
@@ -504,11 +504,11 @@ def test_collection_and_a_new_latest_release(tmp_path, handmade_survey, build, h
 
 
 @pytest.mark.slow
-def test_real_matchfiles_keep_ipac_columns(tmp_path, shared_data_dir, build, http):
+def test_real_matchfiles_keep_ipac_columns(tmp_path, real_data_dir, build, http):
     # IPAC's matchfiles carry hjd, fracday and the exposures' calibration columns: the
     # service passes them on as they are, and IPAC's own oids find their objects.
     tables = pytest.importorskip("tables")
-    path = shared_data_dir / "ztf" / "matchfiles" / "ztf_000245_zr_c10_q1_match.pytable"
+    path = real_data_dir / "ztf" / "matchfiles" / "ztf_000245_zr_c10_q1_match.pytable"
     for folder in ("epochs", "refs"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / path.name).symlink_to(path)

@@ -8,12 +8,12 @@ import pyarrow.dataset as pds
 MATCHFILES = ["ztf_000245_zr_c10_q1_match.pytable", "ztf_000269_zr_c10_q1_match.pytable"]
 
 
-def test_matchfiles_reproduce_ipac_matchid(tmp_path, shared_data_dir, build):
+def test_matchfiles_reproduce_ipac_matchid(tmp_path, real_data_dir, build):
     epochs, refs = tmp_path / "epochs", tmp_path / "refs"
     for folder in (epochs, refs):
         folder.mkdir()
         for name in MATCHFILES:
-            shutil.copy(shared_data_dir / "ztf" / "matchfiles" / name, folder / name)
+            shutil.copy(real_data_dir / "ztf" / "matchfiles" / name, folder / name)
     report = build(epochs, refs, tmp_path / "store", "DR1")
     assert report.quarantined == []
     release = tmp_path / "store" / "releases" / "DR1"
@@ -33,7 +33,7 @@ def test_matchfiles_reproduce_ipac_matchid(tmp_path, shared_data_dir, build):
     assert (got == want).all()
 
 
-def test_dr8_star_with_seven_ztf_ids_is_one_object(tmp_path, shared_data_dir, build):
+def test_dr8_star_with_seven_ztf_ids_is_one_object(tmp_path, real_data_dir, build):
     """ZTF DR8 splits one star into 7 objects (3 fields x 3 filters); lcstore must not.
 
     The recorded DR8 answer gives each object ID's field, filter, readout channel,
@@ -49,7 +49,7 @@ def test_dr8_star_with_seven_ztf_ids_is_one_object(tmp_path, shared_data_dir, bu
     import lcstore
     from lcstore.kernels import ztf_oid
 
-    path = shared_data_dir / "ztf" / "dr8_api_examples" / "dr8_circle_633207400004730.json"
+    path = real_data_dir / "ztf" / "dr8_api_examples" / "dr8_circle_633207400004730.json"
     answer = json.loads(json.loads(path.read_text())["response"]["body_text"])
     assert len(answer) == 7
     epochs, refs = tmp_path / "epochs", tmp_path / "refs"

@@ -20,8 +20,8 @@ CRASHING_BYTE = (974, 0x9F)
 
 
 @pytest.fixture
-def matchfile(shared_data_dir: Path) -> Path:
-    return shared_data_dir / "ztf" / "matchfiles" / MATCHFILE
+def matchfile(real_data_dir: Path) -> Path:
+    return real_data_dir / "ztf" / "matchfiles" / MATCHFILE
 
 
 @pytest.fixture(autouse=True)

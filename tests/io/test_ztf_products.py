@@ -1,4 +1,4 @@
-"""Readers of real IPAC ZTF products, checked against the excerpts in the shared data dir."""
+"""Readers of real IPAC ZTF products, checked against the excerpts in tests/data."""
 
 from __future__ import annotations
 
@@ -95,9 +95,9 @@ def test_sniff_kind_by_name(name: str, kind: str | None) -> None:
 
 
 @pytest.mark.parametrize(("name", "expected"), MATCHFILES.items(), ids=list(MATCHFILES))
-def test_matchfile_epochs_match_readme(shared_data_dir: Path, name: str, expected: tuple) -> None:
+def test_matchfile_epochs_match_readme(real_data_dir: Path, name: str, expected: tuple) -> None:
     field, _, ndetections, nexposures = expected
-    epochs = read_matchfile_epochs(matchfile_path(shared_data_dir, name))
+    epochs = read_matchfile_epochs(matchfile_path(real_data_dir, name))
 
     assert len(epochs) == ndetections
     assert epochs["expid"].nunique() == nexposures
@@ -117,9 +117,9 @@ def test_matchfile_epochs_match_readme(shared_data_dir: Path, name: str, expecte
 
 
 @pytest.mark.parametrize("name", MATCHFILES)
-def test_matchfile_mjd_is_mid_exposure(shared_data_dir: Path, name: str) -> None:
+def test_matchfile_mjd_is_mid_exposure(real_data_dir: Path, name: str) -> None:
     """sourcedata's mjd is the exposure start (``obsmjd``) plus half the exposure time."""
-    epochs = read_matchfile_epochs(matchfile_path(shared_data_dir, name))
+    epochs = read_matchfile_epochs(matchfile_path(real_data_dir, name))
     # These excerpts keep only 5 of the exposures' rows; the others' columns are null.
     joined = epochs.dropna(subset=["obsmjd"])
     assert joined["expid"].nunique() == 5
@@ -129,9 +129,9 @@ def test_matchfile_mjd_is_mid_exposure(shared_data_dir: Path, name: str) -> None
 
 
 @pytest.mark.parametrize(("name", "expected"), MATCHFILES.items(), ids=list(MATCHFILES))
-def test_matchfile_refs_match_readme(shared_data_dir: Path, name: str, expected: tuple) -> None:
+def test_matchfile_refs_match_readme(real_data_dir: Path, name: str, expected: tuple) -> None:
     field, nsources, _, _ = expected
-    refs = read_matchfile_refs(matchfile_path(shared_data_dir, name))
+    refs = read_matchfile_refs(matchfile_path(real_data_dir, name))
 
     assert len(refs) == nsources
     assert_canonical(refs, schema.REF_COLUMNS)
@@ -144,9 +144,9 @@ def test_matchfile_refs_match_readme(shared_data_dir: Path, name: str, expected:
 
 
 @pytest.mark.parametrize("name", MATCHFILES)
-def test_each_detection_lies_near_its_matchid_source(shared_data_dir: Path, name: str) -> None:
+def test_each_detection_lies_near_its_matchid_source(real_data_dir: Path, name: str) -> None:
     """IPAC's own association, the truth that lcstore's matching is later checked against."""
-    path = matchfile_path(shared_data_dir, name)
+    path = matchfile_path(real_data_dir, name)
     epochs = read_matchfile_epochs(path)
     refs = read_matchfile_refs(path).set_index("matchid")
 
@@ -157,9 +157,9 @@ def test_each_detection_lies_near_its_matchid_source(shared_data_dir: Path, name
     assert np.median(sep) < 0.3
 
 
-def test_matchids_are_local_to_a_matchfile(shared_data_dir: Path) -> None:
+def test_matchids_are_local_to_a_matchfile(real_data_dir: Path) -> None:
     """Both excerpts number their sources 0..9: a matchid means nothing outside its file."""
-    refs = [read_matchfile_refs(matchfile_path(shared_data_dir, name)) for name in MATCHFILES]
+    refs = [read_matchfile_refs(matchfile_path(real_data_dir, name)) for name in MATCHFILES]
     assert set(refs[0]["matchid"]) == set(refs[1]["matchid"])
     sep = separation_arcsec(refs[0]["ra"], refs[0]["dec"], refs[1]["ra"], refs[1]["dec"])
     assert sep.min() > 3600.0
@@ -169,9 +169,9 @@ def test_matchids_are_local_to_a_matchfile(shared_data_dir: Path) -> None:
 
 
 @pytest.mark.parametrize(("name", "expected"), REFPSFCATS.items(), ids=list(REFPSFCATS))
-def test_refpsfcat_matches_readme(shared_data_dir: Path, name: str, expected: tuple) -> None:
+def test_refpsfcat_matches_readme(real_data_dir: Path, name: str, expected: tuple) -> None:
     field, filtercode, ccdid, qid, nsources = expected
-    path = refpsfcat_path(shared_data_dir, name)
+    path = refpsfcat_path(real_data_dir, name)
     refs = read_refpsfcat(path)
 
     assert len(refs) == nsources
@@ -186,12 +186,12 @@ def test_refpsfcat_matches_readme(shared_data_dir: Path, name: str, expected: tu
         np.testing.assert_allclose(refs["refmag"], instrumental + hdul[0].header["MAGZP"], atol=1e-5)
 
 
-def test_refpsfcat_refsid_is_the_data_release_object_id(shared_data_dir: Path) -> None:
+def test_refpsfcat_refsid_is_the_data_release_object_id(real_data_dir: Path) -> None:
     """DR8 object 633207400004730 is reference source 4730, at the same place and mag."""
     oid = 633207400004730
-    recorded = json.loads((shared_data_dir / "ztf" / "dr8_api_examples" / f"dr8_oid_{oid}.json").read_text())
+    recorded = json.loads((real_data_dir / "ztf" / "dr8_api_examples" / f"dr8_oid_{oid}.json").read_text())
     dr8 = json.loads(recorded["response"]["body_text"])[str(oid)]
-    refs = read_refpsfcat(refpsfcat_path(shared_data_dir, "ztf_000633_zr_c07_q4_refpsfcat.fits"))
+    refs = read_refpsfcat(refpsfcat_path(real_data_dir, "ztf_000633_zr_c07_q4_refpsfcat.fits"))
     star = refs.set_index("refsid").loc[oid % 10**8]
 
     assert ztf_oid.encode(star["field"], star["filtercode"], star["ccdid"], star["qid"], star.name) == oid
@@ -208,22 +208,20 @@ def rewrite_refpsfcat(source: Path, target: Path, edit: Callable[[fits.HDUList],
     return target
 
 
-def test_refpsfcat_quadrant_from_file_name_when_header_lacks_it(
-    shared_data_dir: Path, tmp_path: Path
-) -> None:
+def test_refpsfcat_quadrant_from_file_name_when_header_lacks_it(real_data_dir: Path, tmp_path: Path) -> None:
     name = "ztf_000633_zr_c07_q4_refpsfcat.fits"
 
     def drop_ids(hdul: fits.HDUList) -> None:
         for key in ("FIELDID", "CCDID", "QID", "FILTERID"):
             del hdul[0].header[key]
 
-    path = rewrite_refpsfcat(refpsfcat_path(shared_data_dir, name), tmp_path / name, drop_ids)
+    path = rewrite_refpsfcat(refpsfcat_path(real_data_dir, name), tmp_path / name, drop_ids)
     refs = read_refpsfcat(path)
     assert refs[list(schema.REF_CATALOG_KEY)].drop_duplicates().values.tolist() == [[633, 7, 4, "zr"]]
 
 
-def test_refpsfcat_reads_gzipped_and_keys_in_table_header(shared_data_dir: Path, tmp_path: Path) -> None:
-    source = refpsfcat_path(shared_data_dir, "ztf_000202_zg_c10_q1_refpsfcat.fits")
+def test_refpsfcat_reads_gzipped_and_keys_in_table_header(real_data_dir: Path, tmp_path: Path) -> None:
+    source = refpsfcat_path(real_data_dir, "ztf_000202_zg_c10_q1_refpsfcat.fits")
 
     def move_keys_to_table(hdul: fits.HDUList) -> None:
         for key in ("MAGZP", "FIELDID", "CCDID", "QID", "FILTERID"):
@@ -253,12 +251,12 @@ def test_missing_file_is_an_input_file_error(tmp_path: Path, reader: Callable) -
 @pytest.mark.parametrize("fraction", [0.0, 0.3, 0.9, 0.999])
 @pytest.mark.parametrize("reader", READERS.values(), ids=list(READERS))
 def test_truncated_file_is_an_input_file_error(
-    shared_data_dir: Path, tmp_path: Path, reader: Callable, fraction: float
+    real_data_dir: Path, tmp_path: Path, reader: Callable, fraction: float
 ) -> None:
     if reader is read_refpsfcat:
-        source = refpsfcat_path(shared_data_dir, "ztf_000202_zg_c10_q1_refpsfcat.fits")
+        source = refpsfcat_path(real_data_dir, "ztf_000202_zg_c10_q1_refpsfcat.fits")
     else:
-        source = matchfile_path(shared_data_dir, "ztf_000245_zr_c10_q1_match.pytable")
+        source = matchfile_path(real_data_dir, "ztf_000245_zr_c10_q1_match.pytable")
     data = source.read_bytes()
     broken = tmp_path / source.name
     broken.write_bytes(data[: int(len(data) * fraction)])
@@ -269,9 +267,9 @@ def test_truncated_file_is_an_input_file_error(
 
 @pytest.mark.parametrize("fraction", [0.3, 0.9])
 def test_truncated_gzipped_refpsfcat_is_an_input_file_error(
-    shared_data_dir: Path, tmp_path: Path, fraction: float
+    real_data_dir: Path, tmp_path: Path, fraction: float
 ) -> None:
-    data = gzip.compress(refpsfcat_path(shared_data_dir, "ztf_000202_zg_c10_q1_refpsfcat.fits").read_bytes())
+    data = gzip.compress(refpsfcat_path(real_data_dir, "ztf_000202_zg_c10_q1_refpsfcat.fits").read_bytes())
     broken = tmp_path / "ztf_000202_zg_c10_q1_refpsfcat.fits.gz"
     broken.write_bytes(data[: int(len(data) * fraction)])
     with pytest.raises(InputFileError, match="truncated"):
@@ -319,10 +317,10 @@ MATCHFILE_BREAKAGES = {
     ("breakage", "message", "reader"), MATCHFILE_BREAKAGES.values(), ids=list(MATCHFILE_BREAKAGES)
 )
 def test_broken_matchfile_is_an_input_file_error(
-    shared_data_dir: Path, tmp_path: Path, breakage: Callable, message: str, reader: str
+    real_data_dir: Path, tmp_path: Path, breakage: Callable, message: str, reader: str
 ) -> None:
     broken = tmp_path / "ztf_000245_zr_c10_q1_match.pytable"
-    shutil.copyfile(matchfile_path(shared_data_dir, broken.name), broken)
+    shutil.copyfile(matchfile_path(real_data_dir, broken.name), broken)
     broken.chmod(0o644)
     with tables.open_file(broken, mode="a") as h5:
         breakage(h5)
@@ -358,20 +356,20 @@ REFPSFCAT_BREAKAGES = {
 
 @pytest.mark.parametrize(("edit", "message"), REFPSFCAT_BREAKAGES.values(), ids=list(REFPSFCAT_BREAKAGES))
 def test_broken_refpsfcat_is_an_input_file_error(
-    shared_data_dir: Path, tmp_path: Path, edit: Callable, message: str
+    real_data_dir: Path, tmp_path: Path, edit: Callable, message: str
 ) -> None:
-    source = refpsfcat_path(shared_data_dir, "ztf_000202_zg_c10_q1_refpsfcat.fits")
+    source = refpsfcat_path(real_data_dir, "ztf_000202_zg_c10_q1_refpsfcat.fits")
     broken = rewrite_refpsfcat(source, tmp_path / "catalog.fits", edit)
     with pytest.raises(InputFileError, match=message):
         read_refpsfcat(broken)
 
 
 def test_refpsfcat_whose_data_changed_after_its_checksum_is_refused(
-    shared_data_dir: Path, tmp_path: Path
+    real_data_dir: Path, tmp_path: Path
 ) -> None:
     """A FITS file with CHECKSUM/DATASUM is checked against them: one changed byte in the
     table's values is refused, where without the keywords it would be read as it is."""
-    source = refpsfcat_path(shared_data_dir, "ztf_000202_zg_c10_q1_refpsfcat.fits")
+    source = refpsfcat_path(real_data_dir, "ztf_000202_zg_c10_q1_refpsfcat.fits")
     plain, summed = tmp_path / "plain.fits", tmp_path / "summed.fits"
     with fits.open(source) as hdul:
         hdul.writeto(plain)

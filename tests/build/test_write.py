@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from lcstore import schema
 from lcstore.build import write
-from lcstore.io import atomic
-from lcstore.kernels.healpix import SPATIAL_INDEX_COLUMN, runs
+from lcstore.io import atomic, runs
+from lcstore.kernels.healpix import SPATIAL_INDEX_COLUMN
 from lcstore.kernels.rows import conform, take_rows
 from lcstore.kernels.statistics import object_statistics
 
@@ -106,6 +106,7 @@ def test_objects_get_their_statistics_and_objects_without_detections_get_zero_co
             "filtercode": ["zg", "zr", "zr"],
             "mjd": [58000.0, 58001.0, 58002.0],
             "mag": pa.array([18.0, 17.0, 16.0], pa.float32()),
+            "magerr": pa.array([0.05, 0.04, 0.03], pa.float32()),
             "catflags": pa.array([0, 0, 4], pa.int32()),
         }
     )

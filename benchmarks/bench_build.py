@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from lcstore.build import BuildConfig, build_release, dask_client
 from lcstore.kernels.embargo import Cutoffs, parse_date
+from lcstore.pipeline import BuildConfig, build_release, dask_client
 
 FAR = parse_date("2030-01-01")
 

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as pds
 
-from lcstore.build import BuildConfig, build_release, dask_client
 from lcstore.kernels.embargo import Cutoffs, parse_date
+from lcstore.pipeline import BuildConfig, build_release, dask_client
 from lcstore.simulate import load_truth
 
 FAR = parse_date("2030-01-01")

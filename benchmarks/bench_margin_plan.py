@@ -20,9 +20,9 @@ import time
 
 import numpy as np
 
-from lcstore.build.margin import MARGIN_ARCSEC
 from lcstore.kernels import margins
 from lcstore.kernels.margins import margin_plan
+from lcstore.pipeline.margin import MARGIN_ARCSEC
 
 
 def synthesise(n: int, seed: int = 1) -> list[tuple[int, int]]:

@@ -9,7 +9,7 @@ Query a published release::
     rel.lightcurve(objectid, time=(58300.0, 58400.0), bad_catflags_mask=32768)
     rel.sql("SELECT count(*) FROM objects")
 
-Build one with ``lcstore build`` (see ``lcstore --help``) or :mod:`lcstore.build`.
+Build one with ``lcstore build`` (see ``lcstore --help``) or :mod:`lcstore.pipeline`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The ``lcstore`` command: build releases, simulate surveys and query releases.
 
-It sits on the public API only (:func:`lcstore.open`, :func:`lcstore.build.build_release`,
+It sits on the public API only (:func:`lcstore.open`, :func:`lcstore.pipeline.build_release`,
 :func:`lcstore.simulate.simulate`). Heavy modules are imported by the subcommand that
 needs them, so ``lcstore --help`` answers at once.
 
@@ -256,10 +256,10 @@ def _emit(frame: pd.DataFrame, args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from lcstore.build import BuildConfig, build_release, dask_client
-    from lcstore.build.publish import interrupted_publish
     from lcstore.errors import ReleaseExistsError, StrictBuildError
     from lcstore.kernels.embargo import Cutoffs
+    from lcstore.pipeline import BuildConfig, build_release, dask_client
+    from lcstore.pipeline.publish import interrupted_publish
 
     optional = {
         "work_order": args.work_order,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 import lcstore
-from lcstore.build import BuildConfig, Cutoffs, build_release, dask_client
+from lcstore.pipeline import BuildConfig, Cutoffs, build_release, dask_client
 from lcstore.simulate import PRESETS, load_truth, simulate
 
 MJD0 = dt.date(1858, 11, 17)

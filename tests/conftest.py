@@ -26,7 +26,7 @@ def real_data_dir() -> Path:
 @pytest.fixture(scope="session")
 def client():
     """One LocalCluster (2 worker processes) shared by the tests that build releases."""
-    from lcstore.build import dask_client
+    from lcstore.pipeline import dask_client
 
     with dask_client(workers=2) as c:
         yield c
@@ -35,8 +35,8 @@ def client():
 @pytest.fixture(scope="session")
 def build(client):
     """Build a release: ``build(epochs, refs, store, name, public, private, **config)``."""
-    from lcstore.build import BuildConfig, build_release
     from lcstore.kernels.embargo import Cutoffs, parse_date
+    from lcstore.pipeline import BuildConfig, build_release
 
     def _build(epochs, refs, store, name, public="2030-01-01", private="2030-01-01", **kwargs):
         config = BuildConfig(

@@ -633,7 +633,7 @@ def test_conflict_choice_does_not_depend_on_delivery_order(corpus, build, tmp_pa
 STAGE_DRIVER = """
 import sys, tempfile, warnings
 warnings.simplefilter("ignore")
-from lcstore.build.ingest import stage_batch
+from lcstore.pipeline.ingest import stage_batch
 from lcstore.io.inputs import hash_file
 for line in sys.stdin:
     kind, path = line.rstrip("\\n").split(" ", 1)

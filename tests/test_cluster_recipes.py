@@ -21,11 +21,11 @@ from dask.utils import parse_bytes
 from dask_jobqueue import PBSCluster, SLURMCluster
 from dask_jobqueue.core import Job
 
-from lcstore.build.allocator import WORKER_ENVIRONMENT
-from lcstore.build.cluster import WORKER_PRELOAD
 from lcstore.cli import main as lcstore_main
 from lcstore.io.store import Store
 from lcstore.ops.schedule import load_schedule
+from lcstore.pipeline.allocator import WORKER_ENVIRONMENT
+from lcstore.pipeline.cluster import WORKER_PRELOAD
 from lcstore.simulate import load_truth
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
 Every ``import`` of an lcstore module anywhere in a module (at the top or inside a
 function) is checked against :data:`ALLOWED`: kernels are pure computation, io reads and
-writes formats, build wires the steps into Dask, query is the read API. A module may not
+writes formats, pipeline runs the build steps on Dask, query is the read API. A module may not
 import another module's private (underscored) names.
 """
 
@@ -25,13 +25,13 @@ ALLOWED: dict[str, frozenset[str]] = {
     "schema": frozenset(),
     "kernels": BASE | {"kernels"},
     "io": BASE | {"kernels", "io"},
-    "build": BASE | {"kernels", "io", "build"},
+    "pipeline": BASE | {"kernels", "io", "pipeline"},
     "query": BASE | {"kernels", "io", "query"},
-    "ops": BASE | {"kernels", "io", "build", "query", "ops"},
+    "ops": BASE | {"kernels", "io", "pipeline", "query", "ops"},
     "simulate": BASE | {"kernels"},
     "analysis": BASE | {"lcstore", "kernels", "query"},
     "service": BASE | {"lcstore", "kernels", "io", "query", "service"},
-    "cli": BASE | {"lcstore", "kernels", "io", "build", "query", "ops", "service", "simulate"},
+    "cli": BASE | {"lcstore", "kernels", "io", "pipeline", "query", "ops", "service", "simulate"},
     "lcstore": BASE | {"lcstore", "query"},
 }
 
@@ -110,11 +110,11 @@ def test_kernels_do_no_io_and_no_dask():
 @pytest.mark.parametrize(
     ("where", "code", "expected"),
     [
-        ("kernels/bad.py", "from lcstore.build import pipeline\n", "kernels imports lcstore.build"),
+        ("kernels/bad.py", "from lcstore.pipeline import pipeline\n", "kernels imports lcstore.pipeline"),
         ("io/bad.py", "import lcstore.query.release\n", "io imports lcstore.query.release"),
-        ("query/bad.py", "from lcstore.build.write import x\n", "query imports lcstore.build.write"),
-        ("build/bad.py", "def f():\n    from lcstore.ops import verify\n", "build imports lcstore.ops"),
-        ("build/bad.py", "from lcstore.io.hats import _INT64_MIN\n", "private name _INT64_MIN"),
+        ("query/bad.py", "from lcstore.pipeline.write import x\n", "query imports lcstore.pipeline.write"),
+        ("pipeline/bad.py", "def f():\n    from lcstore.ops import verify\n", "pipeline imports lcstore.ops"),
+        ("pipeline/bad.py", "from lcstore.io.hats import _INT64_MIN\n", "private name _INT64_MIN"),
     ],
 )
 def test_a_violation_is_found(tmp_path, where, code, expected):

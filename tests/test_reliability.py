@@ -651,7 +651,7 @@ def calm_store(cluster_survey, build, tmp_path_factory) -> Path:
 
 def start_build(client, survey: Path, store: Path) -> tuple[threading.Thread, list[str], dict]:
     """Start building ``survey`` into ``store`` in a thread; (thread, progress lines, outcome)."""
-    from lcstore.build import BuildConfig, build_release
+    from lcstore.pipeline import BuildConfig, build_release
 
     config = BuildConfig(
         epochs_dir=str(survey / "epochs"),

@@ -3,7 +3,7 @@
 Layout::
 
     STORE/store.json                 format version, work-pixel order and margin
-    STORE/staging/, STORE/ledger/    ingested inputs (see lcstore.build.ingest)
+    STORE/staging/, STORE/ledger/    ingested inputs (see lcstore.pipeline.ingest)
     STORE/releases/<NAME>/           published releases, immutable
         release.json                 what the release is: cutoffs, parameters, counts
         objects/                     HATS catalog, one row per object

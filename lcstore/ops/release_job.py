@@ -24,13 +24,13 @@ import json
 import sys
 from dataclasses import asdict
 
-from lcstore.build import BuildConfig, build_release, dask_client
 from lcstore.errors import LcstoreError, StoreLockedError
 from lcstore.io.atomic import write_text_atomic
 from lcstore.io.layout import REPORTS_DIR
 from lcstore.io.store import Store
 from lcstore.ops.diff import diff_releases
 from lcstore.ops.schedule import ScheduleError, load_schedule
+from lcstore.pipeline import BuildConfig, build_release, dask_client
 
 #: Exit status: done (or nothing due), a build failed, bad schedule, store busy (EX_TEMPFAIL).
 EXIT_OK, EXIT_FAILED, EXIT_SCHEDULE, EXIT_BUSY = 0, 1, 2, 75

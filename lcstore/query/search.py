@@ -183,7 +183,7 @@ class IdSearch(Search):
     """The rows of one object (a lightcurve, or an object's row) that pass ``filters``.
 
     An objectid is the ``_healpix_29`` of the object's position, or a little more when
-    two objects share one order-29 pixel (see :mod:`lcstore.build.match`), so the object
+    two objects share one order-29 pixel (see :mod:`lcstore.pipeline.match`), so the object
     lives in the partition holding that index or, at a partition's very start, the one
     before.
     """

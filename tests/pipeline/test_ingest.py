@@ -11,11 +11,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lcstore.build.ingest import stage_batch, stage_listed_batch, write_batch_list
 from lcstore.errors import InputFileError
 from lcstore.io.inputs import hash_file, read_files, read_units
 from lcstore.io.ledger import read_ledger
 from lcstore.kernels.validation import validate_epochs
+from lcstore.pipeline.ingest import stage_batch, stage_listed_batch, write_batch_list
 from lcstore.schema import EPOCHS
 
 

@@ -9,12 +9,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lcstore import schema
-from lcstore.build.match import MatchParams, PixelMatch, catalog_rank
 from lcstore.io.inputs import read_units
 from lcstore.io.staging import UNIT_COLUMN
 from lcstore.kernels.digests import cell_sums
 from lcstore.kernels.embargo import Cutoffs, parse_date
 from lcstore.kernels.healpix import SPATIAL_INDEX_COLUMN, pixel_of, spatial_index
+from lcstore.pipeline.match import MatchParams, PixelMatch, catalog_rank
 
 ORDER = 4  # one work pixel holds the whole tiny survey
 PARAMS = MatchParams(ORDER, 1.5, 10.0, Cutoffs(parse_date("2030-01-01"), parse_date("2030-01-01")))

@@ -48,7 +48,7 @@ def _arrow_faults_while_churning(times: int = 20, blocks: int = 32, nbytes: int 
 
 
 def test_the_build_workers_keep_the_memory_arrow_frees():
-    from lcstore.build import dask_client
+    from lcstore.pipeline import dask_client
 
     script = textwrap.dedent(
         """
@@ -77,7 +77,7 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
         import sys
         sys.path.insert(0, {tests!r})
         from test_allocator import _faults_while_churning
-        from lcstore.build.allocator import keep_freed_memory
+        from lcstore.pipeline.allocator import keep_freed_memory
         _faults_while_churning()
         before = _faults_while_churning()
         assert keep_freed_memory()
@@ -93,8 +93,8 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
 
 
 def test_a_build_keeps_freed_memory_on_every_worker(tiny_survey, tmp_path):
-    from lcstore.build import BuildConfig, build_release, dask_client
     from lcstore.kernels.embargo import Cutoffs, parse_date
+    from lcstore.pipeline import BuildConfig, build_release, dask_client
 
     far = parse_date("2030-01-01")
     config = BuildConfig(

@@ -35,7 +35,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lcstore import schema
-from lcstore.build.timing import StepTimer
 from lcstore.errors import InputFileError
 from lcstore.io.atomic import atomic_write_arrow, atomic_write_table
 from lcstore.io.inputs import InputFile, read_files
@@ -45,6 +44,7 @@ from lcstore.io.staging import STAGING_SUFFIX, UNIT_COLUMN, staging_dir
 from lcstore.kernels.changes import cells_of_units
 from lcstore.kernels.healpix import SPATIAL_INDEX_COLUMN, margin_rows, pixel_of, runs, spatial_index
 from lcstore.kernels.rows import take_rows
+from lcstore.pipeline.timing import StepTimer
 from lcstore.schema import EPOCHS
 
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from lcstore.build.progress import gather
+from lcstore.pipeline.progress import gather
 
 
 def _nap_then_give(seconds: float, value: int) -> int:

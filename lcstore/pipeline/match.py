@@ -31,9 +31,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lcstore import schema
-from lcstore.build.refmap import sort_by_oid
-from lcstore.build.timing import StepTimer
-from lcstore.build.write import OBJECT_BASE_COLUMNS
 from lcstore.io.refmap import piece_file
 from lcstore.io.runs import SORTED_RUN_SUFFIX, objects_run, write_sorted_run
 from lcstore.io.staging import UNIT_COLUMN, read_staged_file, staged_files
@@ -49,6 +46,9 @@ from lcstore.kernels.partitions import histogram
 from lcstore.kernels.rows import take_rows
 from lcstore.kernels.transients import leader_cluster
 from lcstore.kernels.ztf_oid import fields_of
+from lcstore.pipeline.refmap import sort_by_oid
+from lcstore.pipeline.timing import StepTimer
+from lcstore.pipeline.write import OBJECT_BASE_COLUMNS
 from lcstore.schema import EPOCHS, REFS
 
 #: Version of what the match step makes of given staged rows. It is part of every work
@@ -116,7 +116,7 @@ def _time_order(dets: pa.Table) -> np.ndarray:
     return np.lexsort([dets.column(c).to_numpy() for c in reversed(keys)])
 
 
-#: Objects as numpy arrays, one per :data:`lcstore.build.write.OBJECT_BASE_COLUMNS` name.
+#: Objects as numpy arrays, one per :data:`lcstore.pipeline.write.OBJECT_BASE_COLUMNS` name.
 Objects = dict[str, np.ndarray]
 
 

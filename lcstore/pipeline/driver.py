@@ -32,39 +32,6 @@ from hats.io import paths
 from hats.pixel_math import HealpixPixel
 
 from lcstore import schema
-from lcstore.build import context
-from lcstore.build.allocator import KeepFreedMemory
-from lcstore.build.config import BuildConfig, BuildReport
-from lcstore.build.ingest import (
-    BatchResult,
-    Quarantined,
-    stage_listed_batch,
-    write_batch_list,
-)
-from lcstore.build.margin import MARGIN_ARCSEC
-from lcstore.build.match import HISTOGRAM_ORDER, MATCH_VERSION, MatchParams
-from lcstore.build.progress import gather
-from lcstore.build.publish import (
-    finish_publish,
-    interrupted_publish,
-    new_build_dir,
-    publish,
-    remove_stale_builds,
-    remove_temporaries,
-)
-from lcstore.build.tasks import (
-    Written,
-    hash_files,
-    match_task,
-    write_detections_task,
-    write_margin_task,
-    write_objects_task,
-    write_refmap_task,
-)
-from lcstore.build.timing import StepTimer, add_seconds
-from lcstore.build.write import (
-    PartitionSources,
-)
 from lcstore.errors import (
     LcstoreError,
     ReleaseExistsError,
@@ -103,9 +70,42 @@ from lcstore.kernels.healpix import SPATIAL_INDEX_COLUMN
 from lcstore.kernels.margins import margin_plan
 from lcstore.kernels.partitions import Partitions, merge_histograms, plan_partitions
 from lcstore.kernels.supersede import Selection, select_units
+from lcstore.pipeline import context
+from lcstore.pipeline.allocator import KeepFreedMemory
+from lcstore.pipeline.config import BuildConfig, BuildReport
+from lcstore.pipeline.ingest import (
+    BatchResult,
+    Quarantined,
+    stage_listed_batch,
+    write_batch_list,
+)
+from lcstore.pipeline.margin import MARGIN_ARCSEC
+from lcstore.pipeline.match import HISTOGRAM_ORDER, MATCH_VERSION, MatchParams
+from lcstore.pipeline.progress import gather
+from lcstore.pipeline.publish import (
+    finish_publish,
+    interrupted_publish,
+    new_build_dir,
+    publish,
+    remove_stale_builds,
+    remove_temporaries,
+)
+from lcstore.pipeline.tasks import (
+    Written,
+    hash_files,
+    match_task,
+    write_detections_task,
+    write_margin_task,
+    write_objects_task,
+    write_refmap_task,
+)
+from lcstore.pipeline.timing import StepTimer, add_seconds
+from lcstore.pipeline.write import (
+    PartitionSources,
+)
 from lcstore.schema import EPOCHS, REFS
 
-log = logging.getLogger("lcstore.build")
+log = logging.getLogger("lcstore.pipeline")
 
 
 @contextlib.contextmanager
@@ -797,7 +797,7 @@ def _build_locked(
     config: BuildConfig, client: Client, store: Store, say: Callable[[str], None]
 ) -> BuildReport:
     report = BuildReport(release=config.release)
-    # Freed arrays stay in each worker's heap for its next task (see lcstore.build.allocator).
+    # Freed arrays stay in each worker's heap for its next task (see lcstore.pipeline.allocator).
     client.register_plugin(KeepFreedMemory())
     say(
         f"building release {config.release} in {store.path} on {len(client.scheduler_info()['workers'])} "

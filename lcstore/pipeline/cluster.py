@@ -11,16 +11,16 @@ from collections.abc import Iterator
 import dask
 from distributed import Client, LocalCluster
 
-from lcstore.build.allocator import WORKER_ENVIRONMENT
+from lcstore.pipeline.allocator import WORKER_ENVIRONMENT
 
 #: The module every worker imports when it starts (Dask's ``preload``): the build's task
 #: functions, and through them hats, astropy and numba. Without it, each worker process
 #: pays for those imports inside the first task it runs, which holds up the build's first
-#: step (docs/benchmarks.md). Workers spawned by a script that imports lcstore.build
+#: step (docs/benchmarks.md). Workers spawned by a script that imports lcstore.pipeline
 #: itself, as the benchmarks do, import it anyway (multiprocessing re-imports the main
-#: module). ``dask worker`` processes take ``--preload lcstore.build.tasks``
+#: module). ``dask worker`` processes take ``--preload lcstore.pipeline.tasks``
 #: (cluster/README.md).
-WORKER_PRELOAD = "lcstore.build.tasks"
+WORKER_PRELOAD = "lcstore.pipeline.tasks"
 
 
 @contextlib.contextmanager

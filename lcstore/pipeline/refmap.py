@@ -22,13 +22,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lcstore.build.write import position_emitter, rows_not_rematched
 from lcstore.io.atomic import atomic_write_table
 from lcstore.io.hats import ROW_GROUP_ROWS, in_range
 from lcstore.io.refmap import field_file, file_for_oid
 from lcstore.io.runs import read_sorted_run
 from lcstore.kernels.rows import take_rows
 from lcstore.kernels.ztf_oid import FIELD_FACTOR
+from lcstore.pipeline.write import position_emitter, rows_not_rematched
 
 
 def sort_by_oid(table: pa.Table) -> pa.Table:

@@ -1,13 +1,13 @@
 """The build's Dask tasks: named, top-level functions, one per kind of work.
 
-Each task is a thin shell around a step's function (:mod:`lcstore.build.ingest`,
-:mod:`~lcstore.build.match`, :mod:`~lcstore.build.write`, :mod:`~lcstore.build.margin`,
-:mod:`~lcstore.build.refmap`). What a task needs that grows with the store comes from the
-build's context (:mod:`lcstore.build.context`), by name; its other arguments are small.
+Each task is a thin shell around a step's function (:mod:`lcstore.pipeline.ingest`,
+:mod:`~lcstore.pipeline.match`, :mod:`~lcstore.pipeline.write`, :mod:`~lcstore.pipeline.margin`,
+:mod:`~lcstore.pipeline.refmap`). What a task needs that grows with the store comes from the
+build's context (:mod:`lcstore.pipeline.context`), by name; its other arguments are small.
 A task that reads what other tasks wrote takes their results as an argument, so Dask runs
 it after them, and uses them to tell which of its inputs this build wrote.
 
-Workers import this module when they start (:data:`lcstore.build.cluster.WORKER_PRELOAD`).
+Workers import this module when they start (:data:`lcstore.pipeline.cluster.WORKER_PRELOAD`).
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from lcstore.build import context
-from lcstore.build.margin import (
+from lcstore.io.inputs import hash_file, hash_files
+from lcstore.io.state import PixelResult
+from lcstore.pipeline import context
+from lcstore.pipeline.margin import (
     MARGIN_ARCSEC,
     write_margin_partition,
     write_margin_pieces,
 )
-from lcstore.build.match import MatchParams, match_pixel
-from lcstore.build.refmap import write_field
-from lcstore.build.write import write_detection_partition, write_object_partition
-from lcstore.io.inputs import hash_file, hash_files
-from lcstore.io.state import PixelResult
+from lcstore.pipeline.match import MatchParams, match_pixel
+from lcstore.pipeline.refmap import write_field
+from lcstore.pipeline.write import write_detection_partition, write_object_partition
 
 Part = tuple[int, int]
 
@@ -65,7 +65,7 @@ def _written(path: str, rows: int, start: float) -> Written:
 
 
 def match_task(pixel: int, shared: str, store: str, params: MatchParams, work_dir: str) -> PixelResult:
-    """Match one work pixel (:func:`lcstore.build.match.match_pixel`), with the build's
+    """Match one work pixel (:func:`lcstore.pipeline.match.match_pixel`), with the build's
     ingest batches and excluded units from the context ``shared``."""
     batches, excluded = context.load(shared)
     return match_pixel(pixel, store, batches, excluded, params, work_dir)
@@ -73,7 +73,7 @@ def match_task(pixel: int, shared: str, store: str, params: MatchParams, work_di
 
 def write_detections_task(part: Part, shared: str, target: pa.Schema, catalog_dir: str, path: str) -> Written:
     """Write detections partition ``part`` (order, pixel) to ``path``, from the
-    :class:`~lcstore.build.write.PartitionSources` in the context ``shared``."""
+    :class:`~lcstore.pipeline.write.PartitionSources` in the context ``shared``."""
     start = time.perf_counter()
     rows = write_detection_partition(context.load(shared), *part, target, catalog_dir)
     return _written(path, rows, start)
@@ -95,7 +95,7 @@ def write_objects_task(
     ``detections`` holds the writes of this build's detections partitions that overlap
     ``part``: their statistics are in the work directory; the other overlapping partitions,
     shared with the previous release, are read. The context ``shared`` holds the
-    :class:`~lcstore.build.write.PartitionSources` and the detections partitions.
+    :class:`~lcstore.pipeline.write.PartitionSources` and the detections partitions.
     """
     start = time.perf_counter()
     sources, detection_parts = context.load(shared)

@@ -251,8 +251,8 @@ def test_store_of_another_staging_format_is_refused_for_builds_but_stays_readabl
     workers=st.integers(1, 5),
 )
 def test_ingest_batches_keep_order_and_balance(sizes, max_bytes, workers):
-    from lcstore.build.pipeline import _batches
     from lcstore.io.inputs import InputFile
+    from lcstore.pipeline.driver import _batches
 
     files = [InputFile(f"f{i}", f"{i:064x}", size, 0) for i, size in enumerate(sizes)]
     batches = _batches(files, max_bytes, workers)
@@ -273,7 +273,7 @@ def test_ingest_batches_keep_order_and_balance(sizes, max_bytes, workers):
     workers=st.integers(1, 8),
 )
 def test_hash_chunks_keep_order_and_give_every_worker_two(n, workers):
-    from lcstore.build.pipeline import HASH_CHUNK_FILES, _hash_chunks
+    from lcstore.pipeline.driver import HASH_CHUNK_FILES, _hash_chunks
 
     paths = [f"f{i}" for i in range(n * 37)]
     chunks = _hash_chunks(paths, workers)
@@ -285,7 +285,7 @@ def test_hash_chunks_keep_order_and_give_every_worker_two(n, workers):
 
 
 def test_local_cluster_workers_import_lcstore_when_they_start():
-    from lcstore.build.cluster import WORKER_PRELOAD, dask_client
+    from lcstore.pipeline.cluster import WORKER_PRELOAD, dask_client
 
     # ``eval`` is pickled by name: the check itself imports nothing on the workers.
     imported = f"{WORKER_PRELOAD!r} in __import__('sys').modules"

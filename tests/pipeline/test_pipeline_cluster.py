@@ -3,8 +3,8 @@
 import pytest
 from distributed import Client
 
-from lcstore.build import BuildConfig, build_release
 from lcstore.kernels.embargo import Cutoffs, parse_date
+from lcstore.pipeline import BuildConfig, build_release
 from lcstore.simulate import PRESETS, load_truth, simulate
 
 

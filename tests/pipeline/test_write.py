@@ -14,11 +14,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lcstore import schema
-from lcstore.build import write
 from lcstore.io import atomic, runs
 from lcstore.kernels.healpix import SPATIAL_INDEX_COLUMN
 from lcstore.kernels.rows import conform, take_rows
 from lcstore.kernels.statistics import object_statistics
+from lcstore.pipeline import write
 
 
 @pytest.mark.parametrize("batch_rows", [1, 7, 100])

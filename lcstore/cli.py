@@ -546,7 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strict",
         action="store_true",
-        help="fail (exit status 3, nothing published) if any file would be quarantined or conflicts",
+        help="fail (exit status 3, nothing published, none of the new files kept) if any file would "
+        "be quarantined or conflicts",
     )
     p.set_defaults(run=_build)
 

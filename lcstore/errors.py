@@ -69,7 +69,8 @@ class StoreLockedError(StoreError):
 
 
 class StrictBuildError(LcstoreError):
-    """A ``--strict`` build met bad input; nothing was published."""
+    """A ``--strict`` build met bad input; nothing was published, and nothing it ingested
+    was kept."""
 
 
 class MissingDependencyError(LcstoreError, ImportError):

@@ -527,6 +527,50 @@ def test_strict_build_passes_once_a_quarantined_file_is_removed(corpus, build, t
     assert (store / "LATEST").read_text().strip() == "DR2"
 
 
+def test_a_strict_stop_keeps_nothing_so_the_corrected_delivery_is_released_without_conflict(
+    corpus, build, tmp_path
+):
+    """A night's delivery with one broken file stops a strict build. The night is exported
+    again, corrected: the broken file whole, every file recalibrated under the same
+    procversion (new bytes for the same exposure-quadrants). The refused build kept none of
+    the night's files, so the next build meets no conflict and releases the corrected rows;
+    had it kept them, each corrected file would conflict with the first export's, and the
+    smaller hash would win."""
+    epochs1, refs1 = corpus.dr1_inputs
+    epochs = tmp_path / "epochs"
+    shutil.copytree(epochs1, epochs)
+    night = _last_night_files(corpus.survey)
+    delivered = [epochs / "night" / f.name for f in night]
+    delivered[0].parent.mkdir()
+    for original, path in zip(night, delivered, strict=True):
+        shutil.copy(original, path)
+    delivered[0].write_bytes(night[0].read_bytes()[:1500])  # cut short in transfer
+    store = copy_store(corpus, tmp_path)
+    ledger_before = sorted((store / "ledger").iterdir())
+    with pytest.raises(StrictBuildError, match=re.escape(str(delivered[0]))) as refused:
+        build(epochs, refs1, store, "DR2", strict=True)
+    assert "none of its new files kept" in str(refused.value)
+    assert sorted((store / "ledger").iterdir()) == ledger_before
+    staged = {path.stem for path in (store / "staging").rglob("*") if path.is_file()}
+    assert staged <= {path.stem for path in ledger_before}, "staging files of the refused build kept"
+    # The corrected export of the night.
+    corrected = {}
+    for original, path in zip(night, delivered, strict=True):
+        frame = pd.read_parquet(original).assign(mag=lambda f: f["mag"] + np.float32(0.01))
+        path.write_bytes(parquet(frame))
+        corrected[path] = frame
+    report = build(epochs, refs1, store, "DR2", strict=True)
+    assert report.conflicts == [] and report.quarantined == []
+    assert report.files_ingested == len(delivered)
+    want = pd.concat(corrected.values())[[*KEY, "mag"]].astype({k: "int64" for k in KEY})
+    dets = read_catalog(store, "DR2", "detections")[[*KEY, "mag"]].astype({k: "int64" for k in KEY})
+    got = dets.merge(want[KEY], on=KEY)
+    assert len(got) == len(want) > 0
+    pd.testing.assert_frame_equal(
+        got.sort_values(KEY).reset_index(drop=True), want.sort_values(KEY).reset_index(drop=True)
+    )
+
+
 def test_every_copy_of_a_quarantined_file_is_quarantined_by_name(corpus, build, tmp_path):
     epochs1, refs1 = corpus.dr1_inputs
     epochs = tmp_path / "epochs"

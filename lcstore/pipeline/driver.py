@@ -711,10 +711,26 @@ def _submit_refmap(client: Client, release: _Release, priority: int) -> _Partiti
 
 def _strict_message(release: str, what: str, details: list[str]) -> str:
     return (
-        f"strict build of {release} stopped, nothing published: {what} inputs:\n  "
+        f"strict build of {release} stopped, nothing published and none of its new files kept: "
+        f"{what} inputs:\n  "
         + "\n  ".join(details)
         + "\nfix or remove these files, or build without --strict to quarantine them"
     )
+
+
+def _refuse_strict(store: Store, staged: list[str], message: str) -> None:
+    """Stop a strict build: withdraw every batch it staged, then raise.
+
+    Nothing it ingested is kept, so the next build meets all its files again, as they are
+    then: a corrected delivery is new, not a conflict with the files of the refused one.
+
+    Raises
+    ------
+    StrictBuildError
+        Always, with ``message``.
+    """
+    withdraw_batches(store.path, staged)
+    raise StrictBuildError(message)
 
 
 def _withdrawn(store: Store) -> frozenset[str]:
@@ -813,12 +829,10 @@ def _build_locked(
             remove_temporaries(store.path / LEDGER_DIR)
         if config.strict and report.quarantined:
             quarantined = [f"{q['path']}: {q['reason']}" for q in report.quarantined]
-            raise StrictBuildError(_strict_message(config.release, "quarantined", quarantined))
+            _refuse_strict(store, staged, _strict_message(config.release, "quarantined", quarantined))
         hashes = _build(client, config, store, build_dir, report, say)
         if config.strict and (conflicts := _new_conflicts(store, staged, report.conflicts)):
-            # Not kept: the next build meets the files again, as they then are.
-            withdraw_batches(store.path, staged)
-            raise StrictBuildError(_strict_message(config.release, "conflicting", conflicts))
+            _refuse_strict(store, staged, _strict_message(config.release, "conflicting", conflicts))
         report.seconds["total"] = round(time.perf_counter() - start, 3)
         info = {
             "name": config.release,

@@ -40,7 +40,7 @@ from lcstore.errors import (
 )
 from lcstore.io.checksums import write_checksums
 from lcstore.io.hats import finalize_catalog, share_partition
-from lcstore.io.inputs import InputFile, discover, file_signature
+from lcstore.io.inputs import InputFile, file_signature, list_inputs
 from lcstore.io.layout import (
     DETECTIONS,
     LEDGER_DIR,
@@ -182,8 +182,11 @@ def _listing(kind: str, folder: str, signatures: set[tuple[str, int, int]], repo
     were ingested (``signatures``: (path, size, mtime_ns) of the ledger's files)."""
     timer = StepTimer()
     with timer.step("listing"):
-        paths = discover(folder)
+        listing = list_inputs(folder)
+        paths = listing.paths
         report.files_seen += len(paths)
+        if listing.ignored:
+            report.files_ignored[kind] = listing.ignored
         unseen = [p for p in paths if file_signature(p) not in signatures]
         report.files_already_ingested += len(paths) - len(unseen)
     return _Delivery(kind, len(paths), unseen, [], {}, timer)
@@ -475,7 +478,8 @@ def _plan(release: _Release) -> None:
     release.obj_plan = _partition_plan(release.pixel_stats, "object_hist", config.object_partition_rows)
     det_parts, obj_parts = list(release.det_plan), list(release.obj_plan)
     if not obj_parts:
-        raise LcstoreError("nothing to publish: no reference source and no eligible detection")
+        ignored = "".join(f"; {kind}: {line}" for kind, line in report.ignored_lines().items())
+        raise LcstoreError(f"nothing to publish: no reference source and no eligible detection{ignored}")
     changed_det, changed_obj = _changed_cells(release.dirty, release.results, previous)
     prev_det = set(previous.detection_partitions) if previous else set()
     prev_obj = set(previous.object_partitions) if previous else set()
@@ -827,6 +831,8 @@ def _build_locked(
             # A worker lost mid-write leaves its temporary file; Dask reran the task.
             remove_temporaries(store.path / STAGING_DIR)
             remove_temporaries(store.path / LEDGER_DIR)
+            for kind, line in report.ignored_lines().items():
+                say(f"  {kind}: {line}")
         if config.strict and report.quarantined:
             quarantined = [f"{q['path']}: {q['reason']}" for q in report.quarantined]
             _refuse_strict(store, staged, _strict_message(config.release, "quarantined", quarantined))

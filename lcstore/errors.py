@@ -73,6 +73,15 @@ class StrictBuildError(LcstoreError):
     was kept."""
 
 
+class CutoffsMovedBackError(StoreError):
+    """A build's cutoffs are earlier than those of the store's latest release.
+
+    Such a release would drop detections the latest release shows: nothing can bring them
+    back but a later release. The build refuses before it ingests anything, unless it is
+    forced (``BuildConfig(force=True)``, ``lcstore build --force``).
+    """
+
+
 class MissingDependencyError(LcstoreError, ImportError):
     """A feature needs an optional dependency that is not installed; the message names the
     extra to install (``pip install 'lcstore[service]'``)."""

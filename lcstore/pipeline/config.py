@@ -25,6 +25,7 @@ class BuildConfig:
     object_partition_rows: int = 1_000_000
     batch_bytes: int = 64 << 20  # input bytes per ingest task; bounds its memory (cluster/README.md, Sizing)
     strict: bool = False  # fail before publishing if any input was quarantined or conflicted
+    force: bool = False  # publish even if a cutoff is earlier than the latest release's
 
     @property
     def margin(self) -> float:
@@ -58,6 +59,8 @@ class BuildReport:
     work_pixels_matched: int = 0
     partitions_rebuilt: int = 0
     partitions_shared: int = 0
+    #: Cutoffs earlier than the previous latest release's, published with ``force``.
+    cutoffs_moved_back: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     #: Task seconds summed over all workers, by step (read, index, match, write, ...).
     task_seconds: dict[str, float] = field(default_factory=dict)
@@ -79,6 +82,7 @@ class BuildReport:
             "  task time by step: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.task_seconds.items()),
         ]
         lines[2:2] = [f"  {kind}: {line}" for kind, line in self.ignored_lines().items()]
+        lines += [f"  cutoff moved back (forced): {c}" for c in self.cutoffs_moved_back]
         lines += [f"  quarantined {q['path']}: {q['reason']}" for q in self.quarantined]
         lines += [f"  conflict: {c}" for c in self.conflicts]
         return "\n".join(lines)

@@ -83,6 +83,7 @@ from lcstore.pipeline.margin import MARGIN_ARCSEC
 from lcstore.pipeline.match import HISTOGRAM_ORDER, MATCH_VERSION, MatchParams
 from lcstore.pipeline.progress import gather
 from lcstore.pipeline.publish import (
+    check_cutoffs,
     finish_publish,
     interrupted_publish,
     new_build_dir,
@@ -799,7 +800,10 @@ def build_release(config: BuildConfig, client: Client, say: Callable[[str], None
             return BuildReport(**info["report"])
         if store.release_dir(config.release).exists():
             raise ReleaseExistsError(f"release {config.release!r} is already published in {store.path}")
-        return _build_locked(config, client, store, say)
+        moved_back = check_cutoffs(store, config.release, config.cutoffs, config.force)
+        for what in moved_back:
+            say(f"--force: publishing {config.release} with its {what}")
+        return _build_locked(config, client, store, say, moved_back)
 
 
 def _store_margin(config: BuildConfig, store: Store) -> float:
@@ -814,9 +818,9 @@ def _store_margin(config: BuildConfig, store: Store) -> float:
 
 
 def _build_locked(
-    config: BuildConfig, client: Client, store: Store, say: Callable[[str], None]
+    config: BuildConfig, client: Client, store: Store, say: Callable[[str], None], moved_back: list[str]
 ) -> BuildReport:
-    report = BuildReport(release=config.release)
+    report = BuildReport(release=config.release, cutoffs_moved_back=moved_back)
     # Freed arrays stay in each worker's heap for its next task (see lcstore.pipeline.allocator).
     client.register_plugin(KeepFreedMemory())
     say(

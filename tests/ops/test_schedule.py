@@ -175,3 +175,4 @@ def test_release_job_builds_a_release_marked_force(tmp_path, tiny_survey, build)
         "public cutoff 2018-03-19, earlier than 2030-01-01 of DR0",
         "private cutoff 2018-03-18, earlier than 2030-01-01 of DR0",
     ]
+    assert report["changes"]["detections_newly_embargoed"] > 0 == report["changes"]["detections_superseded"]

@@ -5,8 +5,9 @@ It sits on the public API only (:func:`lcstore.open`, :func:`lcstore.pipeline.bu
 needs them, so ``lcstore --help`` answers at once.
 
 Exit codes: 0 success, 2 bad input (a one-line ``lcstore: error: ...`` on stderr), 3 a
-``build --strict`` that met quarantined files or conflicts (nothing published), 4 a
-``verify`` that found a release damaged or inconsistent.
+``build --strict`` that met quarantined files or conflicts (nothing published, nothing
+kept), 4 a ``verify`` that found a release damaged or inconsistent, 5 a ``build`` whose
+cutoffs are earlier than the latest release's, without ``--force`` (nothing done).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ EXIT_STRICT = 3
 #: Exit status of ``verify`` when a release has any finding.
 EXIT_VERIFY = 4
 
+#: Exit status of ``build`` when a cutoff is earlier than the latest release's (no --force).
+EXIT_CUTOFFS = 5
+
 _EXAMPLES = """\
 quick start:
   lcstore simulate /tmp/survey --preset tiny
@@ -61,7 +65,11 @@ immutable release is published and becomes the store's latest.
 
 A detection is in the release if it is from the public survey (programid 1) and observed
 on or before --public-cutoff, or from a private program (2, 3) and observed on or before
---private-cutoff (UTC days, inclusive).
+--private-cutoff (UTC days, inclusive). Cutoffs earlier than the latest release's are
+refused (exit status 5, nothing done) unless given --force.
+
+exit status: 0 published; 2 bad input; 3 --strict met bad input (nothing published, none
+of the new files kept); 5 a cutoff earlier than the latest release's, without --force.
 
 examples:
   # everything public, on all local cores
@@ -256,10 +264,10 @@ def _emit(frame: pd.DataFrame, args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from lcstore.errors import ReleaseExistsError, StrictBuildError
+    from lcstore.errors import CutoffsMovedBackError, ReleaseExistsError, StrictBuildError
     from lcstore.kernels.embargo import Cutoffs
     from lcstore.pipeline import BuildConfig, build_release, dask_client
-    from lcstore.pipeline.publish import interrupted_publish
+    from lcstore.pipeline.publish import check_cutoffs, interrupted_publish
 
     optional = {
         "work_order": args.work_order,
@@ -274,6 +282,7 @@ def _build(args: argparse.Namespace) -> int:
         cutoffs=Cutoffs(public=args.public_cutoff, private=args.private_cutoff),
         radius_arcsec=args.radius,
         strict=args.strict,
+        force=args.force,
         **{k: v for k, v in optional.items() if v is not None},
     )
     # Dask logs every worker start and stop at INFO (its import sets that): only with -v.
@@ -283,12 +292,18 @@ def _build(args: argparse.Namespace) -> int:
         raise ReleaseExistsError(
             f"release {args.release!r} is already published in {args.store}; choose a new name"
         )
-    with dask_client(args.workers, args.scheduler) as client:
-        try:
-            build_release(config, client)
-        except StrictBuildError as err:
-            print(f"lcstore: {err}", file=sys.stderr)
-            return EXIT_STRICT
+    try:
+        # Checked again by the build, under the store's lock; here, before starting workers.
+        check_cutoffs(store, args.release, config.cutoffs, config.force)
+        with dask_client(args.workers, args.scheduler) as client:
+            try:
+                build_release(config, client)
+            except StrictBuildError as err:
+                print(f"lcstore: {err}", file=sys.stderr)
+                return EXIT_STRICT
+    except CutoffsMovedBackError as err:
+        print(f"lcstore: error: {err}", file=sys.stderr)
+        return EXIT_CUTOFFS
     return 0
 
 
@@ -546,7 +561,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--strict",
         action="store_true",
-        help="fail (exit status 3, nothing published) if any file would be quarantined or conflicts",
+        help="fail (exit status 3, nothing published, none of the new files kept) if any file would "
+        "be quarantined or conflicts",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="publish even if a cutoff is earlier than the latest release's, leaving out detections "
+        "it shows (without it: exit status 5, nothing done)",
     )
     p.set_defaults(run=_build)
 

@@ -69,7 +69,17 @@ class StoreLockedError(StoreError):
 
 
 class StrictBuildError(LcstoreError):
-    """A ``--strict`` build met bad input; nothing was published."""
+    """A ``--strict`` build met bad input; nothing was published, and nothing it ingested
+    was kept."""
+
+
+class CutoffsMovedBackError(StoreError):
+    """A build's cutoffs are earlier than those of the store's latest release.
+
+    Such a release would drop detections the latest release shows: nothing can bring them
+    back but a later release. The build refuses before it ingests anything, unless it is
+    forced (``BuildConfig(force=True)``, ``lcstore build --force``).
+    """
 
 
 class MissingDependencyError(LcstoreError, ImportError):

@@ -527,6 +527,50 @@ def test_strict_build_passes_once_a_quarantined_file_is_removed(corpus, build, t
     assert (store / "LATEST").read_text().strip() == "DR2"
 
 
+def test_a_strict_stop_keeps_nothing_so_the_corrected_delivery_is_released_without_conflict(
+    corpus, build, tmp_path
+):
+    """A night's delivery with one broken file stops a strict build. The night is exported
+    again, corrected: the broken file whole, every file recalibrated under the same
+    procversion (new bytes for the same exposure-quadrants). The refused build kept none of
+    the night's files, so the next build meets no conflict and releases the corrected rows;
+    had it kept them, each corrected file would conflict with the first export's, and the
+    smaller hash would win."""
+    epochs1, refs1 = corpus.dr1_inputs
+    epochs = tmp_path / "epochs"
+    shutil.copytree(epochs1, epochs)
+    night = _last_night_files(corpus.survey)
+    delivered = [epochs / "night" / f.name for f in night]
+    delivered[0].parent.mkdir()
+    for original, path in zip(night, delivered, strict=True):
+        shutil.copy(original, path)
+    delivered[0].write_bytes(night[0].read_bytes()[:1500])  # cut short in transfer
+    store = copy_store(corpus, tmp_path)
+    ledger_before = sorted((store / "ledger").iterdir())
+    with pytest.raises(StrictBuildError, match=re.escape(str(delivered[0]))) as refused:
+        build(epochs, refs1, store, "DR2", strict=True)
+    assert "none of its new files kept" in str(refused.value)
+    assert sorted((store / "ledger").iterdir()) == ledger_before
+    staged = {path.stem for path in (store / "staging").rglob("*") if path.is_file()}
+    assert staged <= {path.stem for path in ledger_before}, "staging files of the refused build kept"
+    # The corrected export of the night.
+    corrected = {}
+    for original, path in zip(night, delivered, strict=True):
+        frame = pd.read_parquet(original).assign(mag=lambda f: f["mag"] + np.float32(0.01))
+        path.write_bytes(parquet(frame))
+        corrected[path] = frame
+    report = build(epochs, refs1, store, "DR2", strict=True)
+    assert report.conflicts == [] and report.quarantined == []
+    assert report.files_ingested == len(delivered)
+    want = pd.concat(corrected.values())[[*KEY, "mag"]].astype({k: "int64" for k in KEY})
+    dets = read_catalog(store, "DR2", "detections")[[*KEY, "mag"]].astype({k: "int64" for k in KEY})
+    got = dets.merge(want[KEY], on=KEY)
+    assert len(got) == len(want) > 0
+    pd.testing.assert_frame_equal(
+        got.sort_values(KEY).reset_index(drop=True), want.sort_values(KEY).reset_index(drop=True)
+    )
+
+
 def test_every_copy_of_a_quarantined_file_is_quarantined_by_name(corpus, build, tmp_path):
     epochs1, refs1 = corpus.dr1_inputs
     epochs = tmp_path / "epochs"
@@ -544,6 +588,57 @@ def test_every_copy_of_a_quarantined_file_is_quarantined_by_name(corpus, build, 
     first, second = sorted(reasons, key=lambda path: reasons[path].startswith("same content"))
     assert reasons[second] == f"same content as {first}: {reasons[first]}"
     assert report.files_duplicate == 0
+
+
+def _misnamed_delivery(epochs: Path, refs: Path) -> None:
+    """A night of catalogs in a format lcstore does not read (gzipped text catalogs), and
+    notes beside them."""
+    for i in range(9):
+        (epochs / f"ztf_2018032{i}_000600_zr_c01_q1.ctlg.gz").write_bytes(b"\x1f\x8b\x08 not read")
+    (epochs / "README").write_text("delivery notes\n")
+    (refs / "refs.CSV").write_text("ra,dec\n")
+
+
+def test_a_delivery_lcstore_cannot_read_is_reported_not_taken_for_an_empty_one(client, tmp_path):
+    """Only unrecognised names: the build says how many files it ignored, and of which
+    kinds, instead of a silent "0 files"; then it stops, as there is nothing to publish."""
+    from lcstore.errors import LcstoreError
+    from lcstore.kernels.embargo import Cutoffs, parse_date
+    from lcstore.pipeline import BuildConfig, build_release
+
+    epochs, refs = tmp_path / "epochs", tmp_path / "refs"
+    epochs.mkdir()
+    refs.mkdir()
+    _misnamed_delivery(epochs, refs)
+    far = parse_date("2030-01-01")
+    config = BuildConfig(str(epochs), str(refs), str(tmp_path / "store"), "DR1", Cutoffs(far, far))
+    said: list[str] = []
+    with pytest.raises(LcstoreError, match=r"nothing to publish.*epochs: 10 files ignored") as stopped:
+        build_release(config, client, say=said.append)
+    assert "*.ctlg.gz: 9, (no extension): 1" in str(stopped.value)
+    assert "refs: 1 file ignored (*.csv)" in str(stopped.value)
+    progress = "\n".join(said)
+    assert (
+        "  epochs: 10 files ignored (*.ctlg.gz: 9, (no extension): 1), names lcstore does not read"
+        in progress
+    )
+    assert "  refs: 1 file ignored (*.csv), names lcstore does not read" in progress
+
+
+def test_files_with_unrecognised_names_are_counted_in_the_report(corpus, build, tmp_path):
+    epochs1, refs1 = corpus.dr1_inputs
+    epochs, refs = tmp_path / "epochs", tmp_path / "refs"
+    shutil.copytree(epochs1, epochs)
+    shutil.copytree(refs1, refs)
+    _misnamed_delivery(epochs / sorted(p.name for p in epochs.iterdir())[-1], refs)
+    store = copy_store(corpus, tmp_path)
+    report = build(epochs, refs, store, "DR2")
+    ignored = {"epochs": {"(no extension)": 1, "*.ctlg.gz": 9}, "refs": {"*.csv": 1}}
+    assert report.files_ignored == ignored
+    assert report.files_seen == len(list(epochs1.rglob("*.parquet"))) + len(list(refs1.glob("*.parquet")))
+    assert "\n  epochs: 10 files ignored (*.ctlg.gz: 9, (no extension): 1)" in report.summary()
+    info = json.loads((store / "releases" / "DR2" / "release.json").read_text())
+    assert info["report"]["files_ignored"] == ignored
 
 
 def _with_a_conflicting_copy(corpus, tmp_path) -> tuple[Path, Path, Path, Path]:

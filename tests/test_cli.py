@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import sys
 import types
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 
 import lcstore
-from lcstore.cli import EXIT_STRICT, EXIT_USAGE, main
+from lcstore.cli import EXIT_CUTOFFS, EXIT_STRICT, EXIT_USAGE, main
 from lcstore.io.store import Store
 
 
@@ -168,6 +169,34 @@ def test_build_strict_refuses_to_publish_with_bad_input(capsys, client, handmade
     # A second build of the same name is refused without a traceback.
     code, _, err = run(capsys, *argv)
     assert code == EXIT_USAGE and "already published" in err
+
+
+def test_build_refuses_cutoffs_earlier_than_the_latest_release_unless_forced(
+    capsys, client, build, tiny_survey, tmp_path
+):
+    store = tmp_path / "store"
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1")
+    argv = [
+        "build", "--epochs", tiny_survey.epochs_dir, "--refs", tiny_survey.refs_dir, "--store", store,
+        "--release", "DR2", "--public-cutoff", "2018-03-19", "--private-cutoff", "2030-01-01",
+        "--scheduler", client.scheduler.address,
+    ]  # fmt: skip
+    code, out, err = run(capsys, *argv)
+    assert code == EXIT_CUTOFFS == 5
+    assert err.startswith("lcstore: error: release 'DR2' would move cutoffs back") and err.count("\n") == 1
+    assert "public cutoff 2018-03-19, earlier than 2030-01-01 of DR1" in err and "--force" in err
+    assert out == "" and Store(store).releases() == ["DR1"]
+    code, out, err = run(capsys, *argv, "--force")
+    assert code == 0, err
+    assert "cutoff moved back (forced): public cutoff 2018-03-19, earlier than 2030-01-01 of DR1" in out
+    assert Store(store).latest() == "DR2"
+    # diff names the rows the forced release left out; the releases the other way round, it refuses.
+    code, out, _ = run(capsys, "diff", store, "DR1", "DR2", "--json")
+    changes = json.loads(out)
+    assert code == 0 and changes["detections_newly_embargoed"] > 0 == changes["detections_superseded"]
+    code, out, err = run(capsys, "diff", store, "DR2", "DR1")
+    assert code == EXIT_USAGE and out == ""
+    assert "DR2 was published after DR1" in err and f"lcstore diff {store} DR1 DR2" in err
 
 
 @dataclass(frozen=True)

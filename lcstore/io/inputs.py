@@ -39,23 +39,65 @@ class InputFile:
     mtime_ns: int
 
 
+@dataclass(frozen=True)
+class Listing:
+    """The files under an input folder: those to ingest, and how many were ignored."""
+
+    paths: list[str]  # ingestible files, sorted by path
+    ignored: dict[str, int]  # files whose name is no input format's: name pattern -> count
+
+
 def discover(directory: str | Path) -> list[str]:
     """Every ingestible file under ``directory``, recursively, sorted by path."""
+    return list_inputs(directory).paths
+
+
+def list_inputs(directory: str | Path) -> Listing:
+    """Every ingestible file under ``directory``, recursively, sorted by path, and the
+    other files counted by :func:`name_pattern` (a delivery in a format lcstore does not
+    read is reported, not taken for an empty folder).
+
+    Raises
+    ------
+    InputFileError
+        If ``directory`` is not a directory.
+    """
     root = Path(directory)
     if not root.is_dir():
         raise InputFileError(str(root), "is not a directory")
-    return sorted(_files_under(str(root)))
+    ignored: dict[str, int] = {}
+    paths = sorted(_files_under(str(root), ignored))
+    return Listing(paths, dict(sorted(ignored.items())))
 
 
-def _files_under(folder: str) -> Iterator[str]:
+#: Name endings that compress a file: the pattern of ``x.ctlg.gz`` is ``*.ctlg.gz``.
+_COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".z", ".lz4", ".zip", ".fz")
+
+
+def name_pattern(name: str) -> str:
+    """The glob pattern of a file name's type, lower case: ``*.csv``, ``*.ctlg.gz`` (a
+    compressed file with its inner suffix), or the ``(no extension)`` of ``README``."""
+    suffixes = Path(name.lower()).suffixes
+    if not suffixes:
+        return "(no extension)"
+    take = 2 if len(suffixes) > 1 and suffixes[-1] in _COMPRESSION_SUFFIXES else 1
+    return "*" + "".join(suffixes[-take:])
+
+
+def _files_under(folder: str, ignored: dict[str, int]) -> Iterator[str]:
     """Ingestible files under ``folder``, recursively; symbolic links to folders are not
-    followed (as ``Path.rglob``). One ``scandir`` per folder: no ``stat`` of plain files."""
+    followed (as ``Path.rglob``). Other files are counted in ``ignored`` by
+    :func:`name_pattern`. One ``scandir`` per folder: no ``stat`` of plain files."""
     with os.scandir(folder) as entries:
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                yield from _files_under(entry.path)
-            elif sniff_kind(entry.name) is not None and entry.is_file():
-                yield entry.path
+                yield from _files_under(entry.path, ignored)
+            elif entry.is_file():
+                if sniff_kind(entry.name) is not None:
+                    yield entry.path
+                else:
+                    pattern = name_pattern(entry.name)
+                    ignored[pattern] = ignored.get(pattern, 0) + 1
 
 
 def hash_file(path: str) -> InputFile:

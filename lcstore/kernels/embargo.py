@@ -53,6 +53,12 @@ class Cutoffs:
     def as_dict(self) -> dict[str, str]:
         return {"public_cutoff": self.public.isoformat(), "private_cutoff": self.private.isoformat()}
 
+    def moved_back(self, previous: Cutoffs) -> list[str]:
+        """The cutoffs earlier here than in ``previous``, in words ("public cutoff
+        2020-06-30, earlier than 2021-01-31"); empty if neither moved back."""
+        pairs = (("public", self.public, previous.public), ("private", self.private, previous.private))
+        return [f"{kind} cutoff {new}, earlier than {old}" for kind, new, old in pairs if new < old]
+
 
 def eligible(programid: np.ndarray, mjd: np.ndarray, cutoffs: Cutoffs) -> np.ndarray:
     """Boolean mask of the detections a release with ``cutoffs`` may show.

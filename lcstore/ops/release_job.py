@@ -12,8 +12,12 @@ the schedule's cluster, or on the scheduler at ``--scheduler`` when given.
   (EX_TEMPFAIL) and changes nothing.
 * It writes a report per release to ``STORE/reports/<NAME>.json``: rows added,
   superseded and newly public, partitions rebuilt versus shared, time taken.
+* Cutoffs never move back: a schedule whose releases' cutoffs do is refused, and so is a
+  due release whose cutoffs are earlier than the store's latest release's (built out of
+  turn), unless its ``[[release]]`` table says ``force = true``.
 
-Exit status: 0 done (or nothing due), 1 a build failed, 2 bad schedule, 75 store busy.
+Exit status: 0 done (or nothing due), 1 a build failed, 2 bad schedule (or a due release's
+cutoffs earlier than the latest release's), 75 store busy.
 """
 
 from __future__ import annotations
@@ -24,13 +28,14 @@ import json
 import sys
 from dataclasses import asdict
 
-from lcstore.errors import LcstoreError, StoreLockedError
+from lcstore.errors import CutoffsMovedBackError, LcstoreError, StoreLockedError
 from lcstore.io.atomic import write_text_atomic
 from lcstore.io.layout import REPORTS_DIR
 from lcstore.io.store import Store
 from lcstore.ops.diff import diff_releases
 from lcstore.ops.schedule import ScheduleError, load_schedule
 from lcstore.pipeline import BuildConfig, build_release, dask_client
+from lcstore.pipeline.publish import check_cutoffs
 
 #: Exit status: done (or nothing due), a build failed, bad schedule, store busy (EX_TEMPFAIL).
 EXIT_OK, EXIT_FAILED, EXIT_SCHEDULE, EXIT_BUSY = 0, 1, 2, 75
@@ -46,6 +51,8 @@ def run(schedule_path: str, today: dt.date, scheduler: str | None = None) -> int
     if not due:
         print(f"{today}: nothing due; published: {', '.join(store.releases()) or 'none'}")
         return 0
+    # Checked again by each build, under the store's lock; here, before starting workers.
+    check_cutoffs(store, due[0].name, due[0].cutoffs, due[0].force)
     with dask_client(schedule.workers, scheduler or schedule.scheduler) as client:
         for release in due:
             base = store.releases()[-1] if store.releases() else None
@@ -56,6 +63,7 @@ def run(schedule_path: str, today: dt.date, scheduler: str | None = None) -> int
                 release=release.name,
                 cutoffs=release.cutoffs,
                 radius_arcsec=schedule.radius_arcsec,
+                force=release.force,
             )
             report = build_release(config, client)
             record = {"release": release.name, "date": str(release.date), "build": asdict(report)}
@@ -80,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run(args.schedule, args.today, args.scheduler)
-    except ScheduleError as err:
+    except (ScheduleError, CutoffsMovedBackError) as err:
         print(f"release_job: error: {err}", file=sys.stderr)
         return EXIT_SCHEDULE
     except StoreLockedError as err:

@@ -12,6 +12,7 @@ A schedule is a TOML file, as in the ZTF Phase-II plan's table of data releases:
     date = 2020-12-09                # release date: due on or after this day
     public_cutoff = 2020-06-30       # public survey observed on or before
     private_cutoff = 2019-06-30      # private programs observed on or before
+    # force = true                   # allow cutoffs earlier than the release before
 
 See ``pipelines/schedule.example.toml``.
 """
@@ -19,6 +20,7 @@ See ``pipelines/schedule.example.toml``.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ class ScheduledRelease:
     name: str
     date: dt.date
     cutoffs: Cutoffs
+    force: bool = False  # its cutoffs may be earlier than the latest release's
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,8 @@ def load_schedule(path: str | Path) -> Schedule:
     ------
     ScheduleError
         Naming the file and the problem: TOML syntax, a missing key, a bad date,
-        cutoffs after the release date, names repeated or dates out of order.
+        cutoffs after the release date, names repeated, dates out of order, or a cutoff
+        earlier than the release before's (unless that release says ``force = true``).
     """
     path = Path(path)
     try:
@@ -92,12 +96,24 @@ def load_schedule(path: str | Path) -> Schedule:
         cutoffs = Cutoffs(_date(entry, "public_cutoff", where), _date(entry, "private_cutoff", where))
         if max(cutoffs.public, cutoffs.private) > date:
             raise ScheduleError(f"{where} ({entry['name']}): a cutoff is after the release date {date}")
-        releases.append(ScheduledRelease(entry["name"], date, cutoffs))
+        force = entry.get("force", False)
+        if not isinstance(force, bool):
+            raise ScheduleError(f"{where} ({entry['name']}): 'force' must be true or false, got {force!r}")
+        releases.append(ScheduledRelease(entry["name"], date, cutoffs, force))
     names = [r.name for r in releases]
     if len(set(names)) != len(names):
         raise ScheduleError(f"{path}: release names repeat: {names}")
     if [r.date for r in releases] != sorted(r.date for r in releases):
         raise ScheduleError(f"{path}: releases must be listed in date order")
+    for before, release in itertools.pairwise(releases):
+        moved = release.cutoffs.moved_back(before.cutoffs)
+        if moved and not release.force:
+            raise ScheduleError(
+                f"{path}: release {release.name}: {'; '.join(moved)} of {before.name}, the release "
+                f"before it: cutoffs may not move back, which would drop detections {before.name} "
+                f"shows; fix the cutoffs, or add force = true to {release.name}'s [[release]] table "
+                "to retract them on purpose"
+            )
     base = path.parent
     return Schedule(
         store=base / data["store"],

@@ -25,6 +25,7 @@ class BuildConfig:
     object_partition_rows: int = 1_000_000
     batch_bytes: int = 64 << 20  # input bytes per ingest task; bounds its memory (cluster/README.md, Sizing)
     strict: bool = False  # fail before publishing if any input was quarantined or conflicted
+    force: bool = False  # publish even if a cutoff is earlier than the latest release's
 
     @property
     def margin(self) -> float:
@@ -40,6 +41,9 @@ class BuildReport:
     files_ingested: int = 0
     files_already_ingested: int = 0
     files_duplicate: int = 0
+    #: Files listed but not read, their names not an input format's: by folder ("epochs",
+    #: "refs"), then by name pattern ("*.ctlg.gz"), counts.
+    files_ignored: dict[str, dict[str, int]] = field(default_factory=dict)
     quarantined: list[dict] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     units_superseded: int = 0
@@ -55,6 +59,8 @@ class BuildReport:
     work_pixels_matched: int = 0
     partitions_rebuilt: int = 0
     partitions_shared: int = 0
+    #: Cutoffs earlier than the previous latest release's, published with ``force``.
+    cutoffs_moved_back: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     #: Task seconds summed over all workers, by step (read, index, match, write, ...).
     task_seconds: dict[str, float] = field(default_factory=dict)
@@ -75,6 +81,26 @@ class BuildReport:
             "  time: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items()),
             "  task time by step: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.task_seconds.items()),
         ]
+        lines[2:2] = [f"  {kind}: {line}" for kind, line in self.ignored_lines().items()]
+        lines += [f"  cutoff moved back (forced): {c}" for c in self.cutoffs_moved_back]
         lines += [f"  quarantined {q['path']}: {q['reason']}" for q in self.quarantined]
         lines += [f"  conflict: {c}" for c in self.conflicts]
         return "\n".join(lines)
+
+    def ignored_lines(self) -> dict[str, str]:
+        """Per folder with ignored files: "9 files ignored (*.ctlg.gz), names lcstore does
+        not read ...", with the count of each pattern when there are several, the five most
+        frequent first."""
+        out = {}
+        for kind, patterns in self.files_ignored.items():
+            total = sum(patterns.values())
+            if not total:
+                continue
+            ranked = sorted(patterns.items(), key=lambda item: (-item[1], item[0]))
+            which = ranked[0][0] if len(ranked) == 1 else ", ".join(f"{p}: {n:,}" for p, n in ranked[:5])
+            which += f", {len(ranked) - 5:,} other patterns" if len(ranked) > 5 else ""
+            out[kind] = (
+                f"{total:,} file{'s' if total != 1 else ''} ignored ({which}), names lcstore does not "
+                "read (docs/inputs.md)"
+            )
+        return out

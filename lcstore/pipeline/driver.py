@@ -40,7 +40,7 @@ from lcstore.errors import (
 )
 from lcstore.io.checksums import write_checksums
 from lcstore.io.hats import finalize_catalog, share_partition
-from lcstore.io.inputs import InputFile, discover, file_signature
+from lcstore.io.inputs import InputFile, file_signature, list_inputs
 from lcstore.io.layout import (
     DETECTIONS,
     LEDGER_DIR,
@@ -83,6 +83,7 @@ from lcstore.pipeline.margin import MARGIN_ARCSEC
 from lcstore.pipeline.match import HISTOGRAM_ORDER, MATCH_VERSION, MatchParams
 from lcstore.pipeline.progress import gather
 from lcstore.pipeline.publish import (
+    check_cutoffs,
     finish_publish,
     interrupted_publish,
     new_build_dir,
@@ -182,8 +183,11 @@ def _listing(kind: str, folder: str, signatures: set[tuple[str, int, int]], repo
     were ingested (``signatures``: (path, size, mtime_ns) of the ledger's files)."""
     timer = StepTimer()
     with timer.step("listing"):
-        paths = discover(folder)
+        listing = list_inputs(folder)
+        paths = listing.paths
         report.files_seen += len(paths)
+        if listing.ignored:
+            report.files_ignored[kind] = listing.ignored
         unseen = [p for p in paths if file_signature(p) not in signatures]
         report.files_already_ingested += len(paths) - len(unseen)
     return _Delivery(kind, len(paths), unseen, [], {}, timer)
@@ -475,7 +479,8 @@ def _plan(release: _Release) -> None:
     release.obj_plan = _partition_plan(release.pixel_stats, "object_hist", config.object_partition_rows)
     det_parts, obj_parts = list(release.det_plan), list(release.obj_plan)
     if not obj_parts:
-        raise LcstoreError("nothing to publish: no reference source and no eligible detection")
+        ignored = "".join(f"; {kind}: {line}" for kind, line in report.ignored_lines().items())
+        raise LcstoreError(f"nothing to publish: no reference source and no eligible detection{ignored}")
     changed_det, changed_obj = _changed_cells(release.dirty, release.results, previous)
     prev_det = set(previous.detection_partitions) if previous else set()
     prev_obj = set(previous.object_partitions) if previous else set()
@@ -711,10 +716,26 @@ def _submit_refmap(client: Client, release: _Release, priority: int) -> _Partiti
 
 def _strict_message(release: str, what: str, details: list[str]) -> str:
     return (
-        f"strict build of {release} stopped, nothing published: {what} inputs:\n  "
+        f"strict build of {release} stopped, nothing published and none of its new files kept: "
+        f"{what} inputs:\n  "
         + "\n  ".join(details)
         + "\nfix or remove these files, or build without --strict to quarantine them"
     )
+
+
+def _refuse_strict(store: Store, staged: list[str], message: str) -> None:
+    """Stop a strict build: withdraw every batch it staged, then raise.
+
+    Nothing it ingested is kept, so the next build meets all its files again, as they are
+    then: a corrected delivery is new, not a conflict with the files of the refused one.
+
+    Raises
+    ------
+    StrictBuildError
+        Always, with ``message``.
+    """
+    withdraw_batches(store.path, staged)
+    raise StrictBuildError(message)
 
 
 def _withdrawn(store: Store) -> frozenset[str]:
@@ -779,7 +800,10 @@ def build_release(config: BuildConfig, client: Client, say: Callable[[str], None
             return BuildReport(**info["report"])
         if store.release_dir(config.release).exists():
             raise ReleaseExistsError(f"release {config.release!r} is already published in {store.path}")
-        return _build_locked(config, client, store, say)
+        moved_back = check_cutoffs(store, config.release, config.cutoffs, config.force)
+        for what in moved_back:
+            say(f"--force: publishing {config.release} with its {what}")
+        return _build_locked(config, client, store, say, moved_back)
 
 
 def _store_margin(config: BuildConfig, store: Store) -> float:
@@ -794,9 +818,9 @@ def _store_margin(config: BuildConfig, store: Store) -> float:
 
 
 def _build_locked(
-    config: BuildConfig, client: Client, store: Store, say: Callable[[str], None]
+    config: BuildConfig, client: Client, store: Store, say: Callable[[str], None], moved_back: list[str]
 ) -> BuildReport:
-    report = BuildReport(release=config.release)
+    report = BuildReport(release=config.release, cutoffs_moved_back=moved_back)
     # Freed arrays stay in each worker's heap for its next task (see lcstore.pipeline.allocator).
     client.register_plugin(KeepFreedMemory())
     say(
@@ -811,14 +835,14 @@ def _build_locked(
             # A worker lost mid-write leaves its temporary file; Dask reran the task.
             remove_temporaries(store.path / STAGING_DIR)
             remove_temporaries(store.path / LEDGER_DIR)
+            for kind, line in report.ignored_lines().items():
+                say(f"  {kind}: {line}")
         if config.strict and report.quarantined:
             quarantined = [f"{q['path']}: {q['reason']}" for q in report.quarantined]
-            raise StrictBuildError(_strict_message(config.release, "quarantined", quarantined))
+            _refuse_strict(store, staged, _strict_message(config.release, "quarantined", quarantined))
         hashes = _build(client, config, store, build_dir, report, say)
         if config.strict and (conflicts := _new_conflicts(store, staged, report.conflicts)):
-            # Not kept: the next build meets the files again, as they then are.
-            withdraw_batches(store.path, staged)
-            raise StrictBuildError(_strict_message(config.release, "conflicting", conflicts))
+            _refuse_strict(store, staged, _strict_message(config.release, "conflicting", conflicts))
         report.seconds["total"] = round(time.perf_counter() - start, 3)
         info = {
             "name": config.release,

@@ -9,15 +9,17 @@ never modified, so a reader that opened the old one keeps reading a consistent r
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
 from pathlib import Path
 
-from lcstore.errors import ReleaseExistsError, ReleaseNotFoundError
+from lcstore.errors import CutoffsMovedBackError, ReleaseExistsError, ReleaseNotFoundError
 from lcstore.io.atomic import write_text_atomic
 from lcstore.io.layout import LATEST_FILE, RELEASE_FILE, WORK_DIR
 from lcstore.io.store import Store
+from lcstore.kernels.embargo import Cutoffs, parse_date
 
 
 def remove_stale_builds(store: Store) -> list[Path]:
@@ -57,6 +59,49 @@ def interrupted_publish(store: Store, name: str) -> bool:
     if latest == name:
         return False
     return store.releases()[-1] == name
+
+
+def _latest_published(store: Store) -> str | None:
+    """The release LATEST names, or the newest published one if LATEST names none (it was
+    deleted); None for a store without releases."""
+    try:
+        latest = store.latest()
+    except ReleaseNotFoundError:
+        latest = None
+    if latest is not None and (store.release_dir(latest) / RELEASE_FILE).is_file():
+        return latest
+    published = store.releases()
+    return published[-1] if published else None
+
+
+def check_cutoffs(store: Store, name: str, cutoffs: Cutoffs, force: bool = False) -> list[str]:
+    """The cutoffs of release ``name`` that are earlier than the store's latest release's,
+    in words naming that release; empty if neither is, or if the store has no release.
+
+    A release with an earlier cutoff leaves out detections the latest release shows, and
+    once published it is the latest release until another is built: it is refused unless
+    ``force``.
+
+    Raises
+    ------
+    CutoffsMovedBackError
+        If a cutoff moved back and not ``force``.
+    """
+    latest = _latest_published(store)
+    if latest is None:
+        return []
+    info = json.loads((store.release_dir(latest) / RELEASE_FILE).read_text())
+    previous = Cutoffs(parse_date(info["public_cutoff"]), parse_date(info["private_cutoff"]))
+    moved = [f"{what} of {latest}" for what in cutoffs.moved_back(previous)]
+    if moved and not force:
+        raise CutoffsMovedBackError(
+            f"release {name!r} would move cutoffs back from the latest release {latest!r}: "
+            f"{'; '.join(moved)}. It would drop detections {latest} shows, and published releases "
+            "cannot be retracted. Nothing was ingested or published. Check the cutoffs; to publish "
+            "them on purpose (to retract detections), build with --force (BuildConfig(force=True), or "
+            "force = true in the schedule's [[release]] table)"
+        )
+    return moved
 
 
 def finish_publish(store: Store, name: str) -> None:

@@ -1,8 +1,12 @@
-"""lcstore diff tells new deliveries from data whose embargo ended."""
+"""lcstore diff tells new deliveries from data whose embargo ended, and from data its
+cutoffs moved back embargo again; it compares a release only with a later one."""
 
 import shutil
 
-from lcstore.ops.diff import diff_releases
+import pytest
+
+from lcstore.kernels.embargo import Cutoffs, eligible, parse_date
+from lcstore.ops.diff import DiffOrderError, diff_releases
 from lcstore.simulate import load_truth
 
 
@@ -29,3 +33,28 @@ def test_new_deliveries_and_newly_public_are_told_apart(tmp_path, build, tiny_su
     later = current[~early & (current["procversion"] == 1)]
     assert changes.detections_new_data == len(later)
     assert changes.detections_new == len(current)
+    assert changes.detections_newly_embargoed == changes.detections_superseded == 0
+    # Backwards, the rows newly public in DR2 would be told as superseded: refused.
+    with pytest.raises(DiffOrderError, match=f"give the earlier release first: lcstore diff {store} DR1 DR2"):
+        diff_releases(str(store), "DR2", "DR1")
+
+
+def test_cutoffs_moved_back_are_told_as_embargoed_again_not_superseded(tmp_path, build, tiny_survey):
+    store = tmp_path / "store"
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1")
+    public, private = "2018-03-19", "2018-03-18"
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR2", public, private, force=True)
+    changes = diff_releases(str(store), "DR1", "DR2")
+    truth = load_truth(tiny_survey.out_dir).detections
+    current = truth[truth["current"]]
+    cut = Cutoffs(parse_date(public), parse_date(private))
+    kept_back = current[~eligible(current["programid"].to_numpy(), current["mjd"].to_numpy(), cut)]
+    assert changes.detections_newly_embargoed == len(kept_back) > 0
+    assert changes.detections_superseded == changes.detections_withdrawn == 0
+    assert (
+        changes.detections_new_data == changes.detections_newly_public == changes.detections_reprocessed == 0
+    )
+    assert changes.detections_new == changes.detections_old - changes.detections_newly_embargoed
+    assert f"- {len(kept_back):,} embargoed again (cutoffs moved back)" in changes.summary()
+    with pytest.raises(DiffOrderError):
+        diff_releases(str(store), "DR2", "DR1")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 
 import pandas as pd
 import pyarrow.dataset as pds
@@ -18,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lcstore
-from lcstore.errors import ReleaseExistsError, StoreError
+from lcstore.errors import CutoffsMovedBackError, ReleaseExistsError, StoreError
 from lcstore.kernels.embargo import Cutoffs, eligible, parse_date
 from lcstore.simulate import PRESETS, load_truth, simulate
 
@@ -159,6 +161,42 @@ def test_second_release_ingests_nothing_twice_and_keeps_ids(tmp_path, build, tin
     common = dr1.index[ref_rows.to_numpy()]
     assert (dr1.loc[common] == dr2.loc[common]).all()
     assert (store / "LATEST").read_text().strip() == "DR2"
+
+
+def test_cutoffs_may_not_move_back_without_force(tmp_path, build, tiny_survey):
+    """A release with a cutoff earlier than the latest release's would drop detections that
+    release shows, and become the latest: refused, for either cutoff, before anything of
+    the new delivery is ingested. Forced, it is published, says so, and leaks nothing its
+    own cutoffs keep back; it is then the baseline of the next build."""
+    epochs, refs, store = tmp_path / "epochs", tiny_survey.refs_dir, tmp_path / "store"
+    nights = sorted(tiny_survey.epochs_dir.glob("2*"))
+    for night in nights[:3]:
+        shutil.copytree(night, epochs / night.name)
+    build(epochs, refs, store, "DR1", "2018-03-20", "2018-03-19")
+    for night in nights[3:]:  # DR2's new delivery
+        shutil.copytree(night, epochs / night.name)
+    ledger = sorted((store / "ledger").iterdir())
+    for public, private, moved in [
+        ("2018-03-19", "2030-01-01", "public cutoff 2018-03-19, earlier than 2018-03-20 of DR1"),
+        ("2030-01-01", "2018-03-18", "private cutoff 2018-03-18, earlier than 2018-03-19 of DR1"),
+    ]:
+        with pytest.raises(CutoffsMovedBackError, match=re.escape(moved)) as refused:
+            build(epochs, refs, store, "DR2", public, private)
+        assert "Nothing was ingested or published" in str(refused.value)
+        assert "--force" in str(refused.value)
+        assert sorted((store / "ledger").iterdir()) == ledger
+        assert (store / "LATEST").read_text().strip() == "DR1"
+        assert not (store / "releases" / "DR2").exists()
+        assert list((store / "tmp").iterdir()) == []
+    report = build(epochs, refs, store, "DR2", "2018-03-19", "2030-01-01", force=True)
+    assert report.cutoffs_moved_back == ["public cutoff 2018-03-19, earlier than 2018-03-20 of DR1"]
+    assert "cutoff moved back (forced): public cutoff 2018-03-19" in report.summary()
+    info = json.loads((store / "releases" / "DR2" / "release.json").read_text())
+    assert info["report"]["cutoffs_moved_back"] == report.cutoffs_moved_back
+    assert (store / "LATEST").read_text().strip() == "DR2"
+    check_release(tiny_survey.out_dir, store, "DR2", "2018-03-19", "2030-01-01")
+    # The forced release is the latest: the next compares with it, not with DR1.
+    assert build(epochs, refs, store, "DR3", "2018-03-19", "2030-01-01").cutoffs_moved_back == []
 
 
 def test_lsdb_opens_both_catalogs(tmp_path, build, tiny_survey):

@@ -16,6 +16,7 @@ import datetime as dt
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -114,12 +115,16 @@ examples:
 _SQL_EXAMPLES = """\
 DuckDB SQL over three views: objects (one row per object, per-band statistics),
 detections (one row per detection) and refmap (ZTF reference source -> objectid).
+One SELECT statement; it can read no file but the release's and write none. A query
+that runs past --timeout or needs more than --memory-limit is stopped (exit status 2).
 
 examples:
   lcstore sql /data/store "SELECT filtercode, count(*) AS n FROM detections GROUP BY ALL"
   lcstore sql /data/store "SELECT objectid, ra, dec, nobs FROM objects ORDER BY nobs DESC LIMIT 10"
   lcstore sql /data/store "SELECT * FROM detections WHERE objectid = 313530376015509133" \\
       --format parquet -o lc.parquet
+  lcstore sql /data/store "SELECT objectid, count(*) FROM detections GROUP BY ALL" \\
+      --timeout 60 --memory-limit 2GB --threads 2
 """
 
 _RELEASES_EXAMPLES = """\
@@ -220,9 +225,19 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from err
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    """A time limit in seconds; 0 for none."""
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from err
+    return _positive_float(text)
 
 
 def _directory(text: str) -> str:
@@ -365,7 +380,12 @@ def _lightcurve(args: argparse.Namespace) -> int:
 def _sql(args: argparse.Namespace) -> int:
     import lcstore
 
-    _emit(lcstore.open(args.store, args.release).sql(args.query), args)
+    # Unset limits keep the library's defaults; a timeout of 0 means none.
+    limits = {"memory_limit": args.memory_limit, "threads": args.threads}
+    limits = {k: v for k, v in limits.items() if v is not None}
+    if args.timeout is not None:
+        limits["timeout"] = args.timeout or None
+    _emit(lcstore.open(args.store, args.release).sql(args.query, **limits), args)
     return 0
 
 
@@ -575,6 +595,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sql", "run a DuckDB SQL query over a release", _SQL_EXAMPLES)
     p.add_argument("store", metavar="STORE", help="store directory")
     p.add_argument("query", metavar="QUERY")
+    p.add_argument(
+        "--timeout",
+        type=_seconds_or_zero,
+        metavar="SECONDS",
+        help="stop the query after this long (default: 300; 0 for no limit)",
+    )
+    p.add_argument(
+        "--memory-limit",
+        metavar="SIZE",
+        help="DuckDB's memory limit, e.g. 2GB; nothing spills to disk (default: 4GB or half the memory)",
+    )
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="DuckDB threads (default: up to 4)")
     _add_output(p)
     p.set_defaults(run=_sql)
 

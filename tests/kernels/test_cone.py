@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+from conftest import separation_arcsec
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -36,17 +37,6 @@ def test_in_ranges_matches_brute_force(values, spans):
     lo = np.array([r[0] for r in ranges], dtype=np.int64)
     hi = np.array([r[1] for r in ranges], dtype=np.int64)
     assert in_ranges(index, lo, hi).tolist() == want
-
-
-def separation_arcsec(ra: np.ndarray, dec: np.ndarray, ra0: float, dec0: float) -> np.ndarray:
-    """Angular separation by Vincenty's formula in extended precision (64-bit mantissa),
-    from the float64 positions as they are: brute force for within's float64 chords."""
-    ra, dec = np.radians(np.asarray(ra, np.longdouble)), np.radians(np.asarray(dec, np.longdouble))
-    ra0, dec0 = np.radians(np.longdouble(ra0)), np.radians(np.longdouble(dec0))
-    d = ra - ra0
-    across = np.hypot(np.cos(dec) * np.sin(d), np.cos(dec0) * np.sin(dec) - np.sin(dec0) * np.cos(dec) * np.cos(d))
-    along = np.sin(dec0) * np.sin(dec) + np.cos(dec0) * np.cos(dec) * np.cos(d)
-    return np.degrees(np.arctan2(across, along)) * 3600
 
 
 def around(ra0: float, dec0: float, radius_arcsec: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

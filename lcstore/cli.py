@@ -104,7 +104,9 @@ examples:
 
 _LIGHTCURVE_EXAMPLES = f"""\
 OBJECTID is an lcstore objectid (from 'lcstore cone' or the objects table) or a ZTF
-data-release object id, which is looked up in the release's refmap.
+data-release object id, which is looked up in the release's refmap. An id of no object
+of the release is an error (exit status 2); an object without detections that pass the
+filters prints the CSV header alone.
 
 {_FILTER_HELP}
 examples:
@@ -145,6 +147,15 @@ parameters (as IRSA's; angles in degrees, times MJD):
   BANDNAME=g,r,i  MAG=MIN MAX  NUM_OBS=N  TIME=MJD_MIN MJD_MAX  BAD_CATFLAGS_MASK=N
   COLLECTION=NAME                  a release (default: the latest, looked up per request)
   FORMAT=VOTABLE|IPAC_TABLE|CSV|TSV|HTML   (default: VOTABLE)
+
+limits (each refusal is a one-line 'ERROR: ...' body):
+  an answer of more than --max-rows rows       400, never a truncated table
+  a request longer than --timeout seconds      504
+  more than --max-concurrent requests at once  503, with Retry-After: 1
+  IDs that name no object                      404 if none does; otherwise the rows of the
+                                               others, and the unknown ones in the header
+                                               X-Lcstore-Unknown-Ids
+  a release deleted from disk                  400
 
 examples:
   lcstore serve /data/store --host 0.0.0.0 --port 8000
@@ -424,7 +435,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port > 65535:
         args.parser.error(f"--port must be at most 65535, got {args.port}")
     service = _optional("lcstore.service", "service", "lcstore serve")
-    service.serve(args.store, host=args.host, port=args.port)
+    limits = {"max_rows": args.max_rows, "timeout": args.timeout, "max_concurrent": args.max_concurrent}
+    service.serve(args.store, host=args.host, port=args.port, **{k: v for k, v in limits.items() if v})
     return 0
 
 
@@ -618,6 +630,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", metavar="STORE", help="store directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=_positive_int, default=8000, help="TCP port (default: 8000)")
+    p.add_argument(
+        "--max-rows",
+        type=_positive_int,
+        metavar="N",
+        help="most rows in one answer; more is refused with 400 (default: 1000000)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="time limit of one request; then 504 (default: 120)",
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=_positive_int,
+        metavar="N",
+        help="requests answered at once; one more gets 503 (default: 8)",
+    )
     p.set_defaults(run=_serve)
 
     p = command("diff", "what changed between two releases", _DIFF_EXAMPLES)

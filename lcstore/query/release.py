@@ -285,17 +285,36 @@ class Release:
         Returns
         -------
         pandas.DataFrame
-            One row per detection; empty if the release has no such object or no
-            detection of it passes the filters.
+            One row per detection; empty if the object has no detection that passes the
+            filters (or none at all: a reference source not detected in the release).
 
         Raises
         ------
+        ObjectNotFoundError
+            If the release has no such object.
         QueryError
             If an argument is out of range or names an unknown band or column.
         """
         filters = Filters.check(bands, time, bad_catflags_mask)
         catalog = self._detections
-        return self._run(IdSearch(self._resolve(objectid), filters), catalog, catalog.columns(columns))
+        found = self._resolve(objectid)
+        frame = self._run(IdSearch(found, filters), catalog, catalog.columns(columns))
+        # An empty answer is an object without such detections, or no object at all.
+        if frame.empty and not self._has_object(found):
+            raise ObjectNotFoundError(self._not_found(objectid))
+        return frame
+
+    def _has_object(self, objectid: int) -> bool:
+        """Whether the objects catalog has a row of this lcstore objectid."""
+        table, _ = IdSearch(objectid).run(self._objects, [schema.OBJECTID])
+        return table.num_rows > 0
+
+    def _not_found(self, objectid: int) -> str:
+        return (
+            f"release {self.name} has no object {objectid}: it is neither an objectid of the release "
+            "nor a ZTF object id in its refmap (objectids come from cone(), objects_in_cone() or "
+            "the objects table)"
+        )
 
     def object(self, objectid: int) -> pd.Series:
         """One object's row: position, reference-source count and per-band statistics.
@@ -318,7 +337,7 @@ class Release:
         catalog = self._objects
         frame = self._run(IdSearch(self._resolve(objectid)), catalog, list(catalog.schema.names))
         if frame.empty:
-            raise ObjectNotFoundError(f"release {self.name} has no object {objectid}")
+            raise ObjectNotFoundError(self._not_found(objectid))
         return frame.iloc[0]
 
     # --- SQL ---

@@ -240,13 +240,23 @@ def test_object_row(release, objects):
     pd.testing.assert_series_equal(got, want, check_names=False)
 
 
-def test_unknown_object(release):
+def test_unknown_object(release, objects):
     unknown = 12345  # an order-29 index far from every clump
-    lc = release.lightcurve(unknown)
-    assert lc.empty
-    assert "mjd" in lc.columns
+    with pytest.raises(ObjectNotFoundError, match="no object 12345"):
+        release.lightcurve(unknown)
+    with pytest.raises(ObjectNotFoundError, match="no object 12345"):
+        release.lightcurve(unknown, bands=["zg"], columns=["mjd"])
     with pytest.raises(ObjectNotFoundError, match="no object 12345"):
         release.object(unknown)
+    # Next to a real object: an objectid is exact, not "the nearest".
+    neighbour = int(objects["objectid"].iloc[0]) + 1
+    assert neighbour not in set(objects["objectid"])
+    with pytest.raises(ObjectNotFoundError, match=f"no object {neighbour}"):
+        release.lightcurve(neighbour)
+    # A real object none of whose detections pass the filters is not an unknown one.
+    known = int(objects.loc[objects["nobs"] > 0, "objectid"].iloc[0])
+    lc = release.lightcurve(known, time=(0.0, 1.0))
+    assert lc.empty and "mjd" in lc.columns
 
 
 def test_filters(release):
@@ -339,7 +349,8 @@ def test_bad_ids(release):
         release.lightcurve("abc")
     with pytest.raises(QueryError, match="is an integer"):
         release.lightcurve(3.1353037601550913e17)
-    assert release.lightcurve(np.int64(12345)).empty
+    with pytest.raises(ObjectNotFoundError):
+        release.lightcurve(np.int64(12345))
 
 
 def test_unknown_release_and_store(query_store, tmp_path):
@@ -409,7 +420,8 @@ def test_release_names_cannot_escape_the_store(query_store, name):
 def test_ztf_oid_of_a_field_without_reference_sources_is_an_unknown_object(release):
     oid = 999 * 10**12 + 1 * 10**11 + 1 * 10**9 + 1 * 10**8 + 5  # field 999: not in the survey
     assert not (release.path / "refmap" / "field-000999.parquet").exists()
-    assert release.lightcurve(oid).empty
+    with pytest.raises(ObjectNotFoundError, match=f"no object {oid}"):
+        release.lightcurve(oid)
     with pytest.raises(ObjectNotFoundError, match=f"no object {oid}"):
         release.object(oid)
 

@@ -174,7 +174,7 @@ def lightcurve_as(rel: Release, objectid: int, kind: Kind = "pandas", **filters:
         If ``kind`` is unknown or a filter is out of range; or, for ``kind="timeseries"``,
         if ``columns`` leaves out ``mjd``.
     ObjectNotFoundError
-        For ``kind="nested"``, if the release has no such object.
+        If the release has no such object.
     """
     if kind not in KINDS:
         raise QueryError(f"unknown lightcurve kind {kind!r}; choose one of {', '.join(KINDS)}")

@@ -17,6 +17,7 @@ import datetime as dt
 import importlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -111,7 +112,9 @@ examples:
 
 _LIGHTCURVE_EXAMPLES = f"""\
 OBJECTID is an lcstore objectid (from 'lcstore cone' or the objects table) or a ZTF
-data-release object id, which is looked up in the release's refmap.
+data-release object id, which is looked up in the release's refmap. An id of no object
+of the release is an error (exit status 2); an object without detections that pass the
+filters prints the CSV header alone.
 
 {_FILTER_HELP}
 examples:
@@ -122,12 +125,16 @@ examples:
 _SQL_EXAMPLES = """\
 DuckDB SQL over three views: objects (one row per object, per-band statistics),
 detections (one row per detection) and refmap (ZTF reference source -> objectid).
+One SELECT statement; it can read no file but the release's and write none. A query
+that runs past --timeout or needs more than --memory-limit is stopped (exit status 2).
 
 examples:
   lcstore sql /data/store "SELECT filtercode, count(*) AS n FROM detections GROUP BY ALL"
   lcstore sql /data/store "SELECT objectid, ra, dec, nobs FROM objects ORDER BY nobs DESC LIMIT 10"
   lcstore sql /data/store "SELECT * FROM detections WHERE objectid = 313530376015509133" \\
       --format parquet -o lc.parquet
+  lcstore sql /data/store "SELECT objectid, count(*) FROM detections GROUP BY ALL" \\
+      --timeout 60 --memory-limit 2GB --threads 2
 """
 
 _RELEASES_EXAMPLES = """\
@@ -148,6 +155,15 @@ parameters (as IRSA's; angles in degrees, times MJD):
   BANDNAME=g,r,i  MAG=MIN MAX  NUM_OBS=N  TIME=MJD_MIN MJD_MAX  BAD_CATFLAGS_MASK=N
   COLLECTION=NAME                  a release (default: the latest, looked up per request)
   FORMAT=VOTABLE|IPAC_TABLE|CSV|TSV|HTML   (default: VOTABLE)
+
+limits (each refusal is a one-line 'ERROR: ...' body):
+  an answer of more than --max-rows rows       400, never a truncated table
+  a request longer than --timeout seconds      504
+  more than --max-concurrent requests at once  503, with Retry-After: 1
+  IDs that name no object                      404 if none does; otherwise the rows of the
+                                               others, and the unknown ones in the header
+                                               X-Lcstore-Unknown-Ids
+  a release deleted from disk                  400
 
 examples:
   lcstore serve /data/store --host 0.0.0.0 --port 8000
@@ -228,9 +244,19 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from err
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
+
+
+def _seconds_or_zero(text: str) -> float:
+    """A time limit in seconds; 0 for none."""
+    try:
+        if float(text) == 0:
+            return 0.0
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from err
+    return _positive_float(text)
 
 
 def _directory(text: str) -> str:
@@ -380,7 +406,12 @@ def _lightcurve(args: argparse.Namespace) -> int:
 def _sql(args: argparse.Namespace) -> int:
     import lcstore
 
-    _emit(lcstore.open(args.store, args.release).sql(args.query), args)
+    # Unset limits keep the library's defaults; a timeout of 0 means none.
+    limits = {"memory_limit": args.memory_limit, "threads": args.threads}
+    limits = {k: v for k, v in limits.items() if v is not None}
+    if args.timeout is not None:
+        limits["timeout"] = args.timeout or None
+    _emit(lcstore.open(args.store, args.release).sql(args.query, **limits), args)
     return 0
 
 
@@ -419,7 +450,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port > 65535:
         args.parser.error(f"--port must be at most 65535, got {args.port}")
     service = _optional("lcstore.service", "service", "lcstore serve")
-    service.serve(args.store, host=args.host, port=args.port)
+    limits = {"max_rows": args.max_rows, "timeout": args.timeout, "max_concurrent": args.max_concurrent}
+    service.serve(args.store, host=args.host, port=args.port, **{k: v for k, v in limits.items() if v})
     return 0
 
 
@@ -597,6 +629,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("sql", "run a DuckDB SQL query over a release", _SQL_EXAMPLES)
     p.add_argument("store", metavar="STORE", help="store directory")
     p.add_argument("query", metavar="QUERY")
+    p.add_argument(
+        "--timeout",
+        type=_seconds_or_zero,
+        metavar="SECONDS",
+        help="stop the query after this long (default: 300; 0 for no limit)",
+    )
+    p.add_argument(
+        "--memory-limit",
+        metavar="SIZE",
+        help="DuckDB's memory limit, e.g. 2GB; nothing spills to disk (default: 4GB or half the memory)",
+    )
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="DuckDB threads (default: up to 4)")
     _add_output(p)
     p.set_defaults(run=_sql)
 
@@ -608,6 +652,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", metavar="STORE", help="store directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=_positive_int, default=8000, help="TCP port (default: 8000)")
+    p.add_argument(
+        "--max-rows",
+        type=_positive_int,
+        metavar="N",
+        help="most rows in one answer; more is refused with 400 (default: 1000000)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="time limit of one request; then 504 (default: 120)",
+    )
+    p.add_argument(
+        "--max-concurrent",
+        type=_positive_int,
+        metavar="N",
+        help="requests answered at once; one more gets 503 (default: 8)",
+    )
     p.set_defaults(run=_serve)
 
     p = command("diff", "what changed between two releases", _DIFF_EXAMPLES)

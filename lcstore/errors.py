@@ -61,7 +61,12 @@ class DamagedFileError(StoreError):
 
 
 class QueryError(LcstoreError, ValueError):
-    """A query's arguments are out of range (radius, declination, band, ...)."""
+    """A query's arguments are out of range (radius, declination, band, ...), or the query
+    went past a limit (rows, memory)."""
+
+
+class QueryTimeoutError(QueryError):
+    """A query ran longer than its time limit and was stopped."""
 
 
 class StoreLockedError(StoreError):

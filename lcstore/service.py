@@ -30,7 +30,27 @@ as absent, and a parameter IRSA does not have is refused:
     ``VOTABLE`` (the default, as IRSA's page says of its output), ``IPAC_TABLE``, ``CSV``,
     ``TSV``, ``HTML``.
 
-A bad parameter gets HTTP 400 and a one-line ``text/plain`` body ``ERROR: <why>``.
+A bad parameter gets HTTP 400 and a one-line ``text/plain`` body ``ERROR: <why>``. So do
+the other refusals, with their own status:
+
+* **Unknown IDs.** If no ID of a request names an object of the release, the answer is 404.
+  If some do, the answer holds their rows and the header ``X-Lcstore-Unknown-Ids`` lists the
+  others (comma-separated), so that one stale ID does not cost a whole list; IRSA answers
+  an unknown ID with an empty table, which cannot tell it from an object without epochs.
+* **Too many rows.** An answer of more than ``max_rows`` rows (default :data:`MAX_ROWS`,
+  ``lcstore serve --max-rows``) is refused with 400, never cut short: a truncated CSV would
+  look whole. The message gives the count; ask for a smaller circle, fewer bands, a TIME
+  range or fewer IDs. (IRSA's page documents no such limit; it sends large requests to its
+  bulk download service.)
+* **Too slow.** A request still unanswered after ``timeout`` seconds (default
+  :data:`TIMEOUT_S`, ``lcstore serve --timeout``) gets 504; its work stops at its next step.
+* **Too busy.** At most ``max_concurrent`` requests (default :data:`MAX_CONCURRENT`,
+  ``lcstore serve --max-concurrent``) are answered at once; one more gets 503 with
+  ``Retry-After: 1`` at once, instead of waiting in a queue.
+* **Deleted release.** A release deleted from disk while the service runs gets 400 (named
+  by COLLECTION, or by ``STORE/LATEST``), also in the middle of a request. A release
+  published again under the same name is opened anew.
+* A store without any release, or a damaged release file, gets 503.
 
 Where lcstore differs from IRSA, and why:
 
@@ -57,13 +77,17 @@ Where lcstore differs from IRSA, and why:
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import math
+import numbers
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -81,7 +105,8 @@ from fastapi.responses import PlainTextResponse
 
 import lcstore
 from lcstore import schema
-from lcstore.errors import QueryError, StoreError
+from lcstore.errors import QueryError, QueryTimeoutError, StoreError
+from lcstore.io.layout import RELEASE_FILE
 from lcstore.io.store import Store
 
 if TYPE_CHECKING:
@@ -91,10 +116,15 @@ __all__ = [
     "DEFAULT_FORMAT",
     "IRSA_COLUMNS",
     "LIGHTCURVE_PATH",
+    "MAX_CONCURRENT",
     "MAX_IDS",
     "MAX_RADIUS_DEG",
+    "MAX_ROWS",
+    "TIMEOUT_S",
+    "Deadline",
     "LightcurveQuery",
     "ReleaseCache",
+    "Selection",
     "create_app",
     "file_frac_day",
     "heliocentric_jd",
@@ -115,6 +145,15 @@ MAX_RADIUS_DEG = 0.1667
 #: Most object ids in one request (an lcstore limit: each id is one lightcurve read).
 MAX_IDS = 1000
 
+#: Most rows in one answer, by default (``lcstore serve --max-rows``): about 200 MB of CSV.
+MAX_ROWS = 1_000_000
+
+#: Time limit of one request, seconds, by default (``lcstore serve --timeout``).
+TIMEOUT_S = 120.0
+
+#: Most requests answered at once, by default (``lcstore serve --max-concurrent``).
+MAX_CONCURRENT = 8
+
 #: Output format when FORMAT is not given. IRSA's page says its queries return "by
 #: default, a VOTable" (its FORMAT paragraph says CSV; we follow the overview).
 DEFAULT_FORMAT = "VOTABLE"
@@ -130,6 +169,9 @@ FORMATS: dict[str, str] = {
 
 #: Response header naming the release that answered.
 COLLECTION_HEADER = "X-Lcstore-Collection"
+
+#: Response header listing the IDs of a request that name no object of the release.
+UNKNOWN_IDS_HEADER = "X-Lcstore-Unknown-Ids"
 
 #: The columns of IRSA's lightcurve tables, in its order, with the dtype we write them in.
 IRSA_COLUMNS: dict[str, str] = {
@@ -398,14 +440,72 @@ class LightcurveQuery:
 # --- selection ----------------------------------------------------------------------------
 
 
-def _detections(release: Release, query: LightcurveQuery, **kwargs) -> pd.DataFrame:
-    """The detections of the query's objects, through the public query API."""
+class Deadline:
+    """The time by which a request must be answered.
+
+    Parameters
+    ----------
+    seconds : float or None
+        From now; None for no limit.
+    """
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.at = None if seconds is None else time.monotonic() + seconds
+
+    def check(self) -> None:
+        """Raise if the time is up.
+
+        Raises
+        ------
+        QueryTimeoutError
+            With a message that names the limit.
+        """
+        if self.at is not None and time.monotonic() > self.at:
+            raise QueryTimeoutError(self.message)
+
+    @property
+    def message(self) -> str:
+        return (
+            f"the request took longer than this service's limit of {self.seconds:g} s "
+            "(lcstore serve --timeout); ask for less: a smaller circle, fewer bands, "
+            "a TIME range or fewer IDs"
+        )
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What answers a query.
+
+    Attributes
+    ----------
+    rows : pandas.DataFrame
+        Detections in lcstore's own columns, as :meth:`Release.cone` returns them: one row
+        per detection, object by object, in time order.
+    unknown_ids : tuple of int
+        The query's IDs that name no object of the release.
+    """
+
+    rows: pd.DataFrame
+    unknown_ids: tuple[int, ...] = field(default=())
+
+
+def _detections(
+    release: Release, query: LightcurveQuery, deadline: Deadline, **kwargs
+) -> tuple[pd.DataFrame, tuple[int, ...]]:
+    """The detections of the query's objects through the public query API, and the IDs
+    that name no object."""
     if query.circle is not None:
         ra, dec, radius_deg = query.circle
-        return release.cone(ra, dec, radius_deg * 3600.0, **kwargs)
-    frames, seen, empty = [], set(), None
+        return release.cone(ra, dec, radius_deg * 3600.0, **kwargs), ()
+    frames, seen, empty, unknown = [], set(), None, []
     for oid in query.ids:
-        lc = release.lightcurve(oid, **kwargs)
+        deadline.check()
+        try:
+            lc = release.lightcurve(oid, **kwargs)
+        except lcstore.ObjectNotFoundError:
+            unknown.append(oid)
+            continue
         if lc.empty:
             empty = lc
             continue
@@ -414,30 +514,49 @@ def _detections(release: Release, query: LightcurveQuery, **kwargs) -> pd.DataFr
         if objectid not in seen:
             seen.add(objectid)
             frames.append(lc)
-    return pd.concat(frames, ignore_index=True) if frames else empty
+    if empty is None and not frames:
+        ids = ", ".join(map(str, unknown))
+        raise lcstore.ObjectNotFoundError(
+            f"release {release.name} has no object with ID {ids}: an ID is an lcstore objectid "
+            "or a ZTF object id in the release's refmap"
+        )
+    return (pd.concat(frames, ignore_index=True) if frames else empty), tuple(unknown)
 
 
-def select(release: Release, query: LightcurveQuery) -> pd.DataFrame:
+def select(release: Release, query: LightcurveQuery, deadline: Deadline | None = None) -> Selection:
     """The release's detections that answer a query, in lcstore's own columns.
+
+    Parameters
+    ----------
+    release : Release
+    query : LightcurveQuery
+    deadline : Deadline, optional
+        Checked between steps (and between IDs).
 
     Returns
     -------
-    pandas.DataFrame
-        As :meth:`Release.cone`: one row per detection, object by object, in time order.
+    Selection
 
     Raises
     ------
+    ObjectNotFoundError
+        If the query names objects by ID and none of them is in the release.
     QueryError
         If the release refuses an argument.
+    QueryTimeoutError
+        If the deadline passes.
     """
-    rows = _detections(
-        release, query, bands=query.bands, time=query.time, bad_catflags_mask=query.bad_catflags_mask
-    )
+    deadline = deadline or Deadline(None)
+    filters = {"bands": query.bands, "time": query.time, "bad_catflags_mask": query.bad_catflags_mask}
+    rows, unknown = _detections(release, query, deadline, **filters)
     if query.mag is None and query.num_obs is None:
-        return rows
+        return Selection(rows, unknown)
+    deadline.check()
     # IRSA selects on its objects table (median mag, epoch count) of whole lightcurves,
     # so these statistics ignore TIME and BAD_CATFLAGS_MASK.
-    every = _detections(release, query, bands=query.bands, columns=[schema.OBJECTID, "filtercode", "mag"])
+    every, _ = _detections(
+        release, query, deadline, bands=query.bands, columns=[schema.OBJECTID, "filtercode", "mag"]
+    )
     stats = every.groupby([schema.OBJECTID, "filtercode"])["mag"].agg(["median", "size"])
     keep = pd.Series(True, index=stats.index)
     if query.mag is not None:
@@ -445,7 +564,7 @@ def select(release: Release, query: LightcurveQuery) -> pd.DataFrame:
     if query.num_obs is not None:
         keep &= stats["size"] >= query.num_obs
     key = pd.MultiIndex.from_frame(rows[[schema.OBJECTID, "filtercode"]])
-    return rows[key.isin(stats.index[keep])].reset_index(drop=True)
+    return Selection(rows[key.isin(stats.index[keep])].reset_index(drop=True), unknown)
 
 
 # --- IRSA's columns ---------------------------------------------------------------------
@@ -612,7 +731,10 @@ class ReleaseCache:
     A :class:`~lcstore.query.release.Release` keeps the footers it has read, so reusing it makes
     later queries cheap; releases never change once published. The latest release is
     looked up again (one small file, ``STORE/LATEST``) on every call, so a release
-    published while the service runs is served at once.
+    published while the service runs is served at once. Each call also checks that the
+    release is still on disk, the same one (its ``release.json`` by inode and time): a
+    release deleted from disk is refused, and one published again under the same name is
+    opened anew.
 
     Parameters
     ----------
@@ -628,8 +750,33 @@ class ReleaseCache:
     def __init__(self, store: str | Path) -> None:
         self.store = Store(store)
         self.store.config()
-        self._opened: dict[str, Release] = {}
+        self._opened: dict[str, tuple[Release, tuple[int, int]]] = {}
+        self._deleted: set[str] = set()  # opened once, since gone from disk
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _stamp(release_dir: Path) -> tuple[int, int] | None:
+        """Identity of a release's ``release.json``: (inode, modification time); None if gone."""
+        try:
+            st = (release_dir / RELEASE_FILE).stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    def is_on_disk(self, release: Release) -> bool:
+        """Whether ``release`` is still the store's release of its name, on disk."""
+        stamp = self._stamp(release.path)
+        with self._lock:
+            opened = self._opened.get(release.name)
+        return stamp is not None and (opened is None or opened[1] == stamp)
+
+    def deleted(self, release: Release) -> QueryError:
+        """The error that answers a request whose release was deleted from disk."""
+        known = ", ".join(self.store.releases()) or "none"
+        return QueryError(
+            f"release {release.name!r} is no longer in the store: it was deleted from disk "
+            f"while being read; collections: {known}"
+        )
 
     def get(self, name: str | None = None) -> Release:
         """The named release, or the latest one.
@@ -637,37 +784,87 @@ class ReleaseCache:
         Raises
         ------
         QueryError
-            If the store has no release of that name.
+            If the store has no release of that name, or no longer has it on disk (also
+            when ``STORE/LATEST`` names it).
         ReleaseNotFoundError
             If ``name`` is None and the store has no release yet.
         """
-        if name is None:
+        latest = name is None
+        if latest:
             name = self.store.latest()
         with self._lock:
-            release = self._opened.get(name)
-            if release is None:
-                # Checked against the list first, so that a name cannot point outside it.
-                known = self.store.releases()
-                if name not in known:
+            opened = self._opened.get(name)
+            if opened is not None:
+                release, stamp = opened
+                if self._stamp(release.path) == stamp:
+                    return release
+                # Deleted, or deleted and published again: forget it, then look again.
+                del self._opened[name]
+                self._deleted.add(name)
+            # Checked against the list first, so that a name cannot point outside it.
+            known = self.store.releases()
+            if name not in known:
+                listed = ", ".join(known) or "none"
+                if latest:
                     raise QueryError(
-                        f"unknown COLLECTION {name!r}; collections: {', '.join(known) or 'none'}"
+                        f"the store's latest release {name!r} (named by STORE/LATEST) is no longer "
+                        f"on disk: it was deleted; collections: {listed}"
                     )
-                release = self._opened[name] = lcstore.open(self.store.path, name)
+                if name in self._deleted:
+                    raise QueryError(
+                        f"COLLECTION {name!r} is no longer in the store: it was deleted from disk; "
+                        f"collections: {listed}"
+                    )
+                raise QueryError(f"unknown COLLECTION {name!r}; collections: {listed}")
+            release = lcstore.open(self.store.path, name)
+            stamp = self._stamp(release.path)
+            if stamp is None:  # deleted between the listing and now
+                raise QueryError(f"COLLECTION {name!r} is no longer in the store: it was deleted from disk")
+            self._opened[name] = (release, stamp)
+            self._deleted.discard(name)
         return release
 
 
-def _error(status: int, message: str) -> PlainTextResponse:
-    return PlainTextResponse(f"ERROR: {message}\n", status_code=status)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> PlainTextResponse:
+    return PlainTextResponse(f"ERROR: {message}\n", status_code=status, headers=headers)
 
 
-def create_app(store: str | Path) -> FastAPI:
+def _positive(name: str, value: float, kind: type[numbers.Real]) -> None:
+    if isinstance(value, bool) or not isinstance(value, kind) or not (math.isfinite(value) and value > 0):
+        what = "integer" if kind is numbers.Integral else "number"
+        raise ValueError(f"{name} must be a positive {what}, got {value!r}")
+
+
+def create_app(
+    store: str | Path,
+    *,
+    max_rows: int = MAX_ROWS,
+    timeout: float = TIMEOUT_S,
+    max_concurrent: int = MAX_CONCURRENT,
+) -> FastAPI:
     """The FastAPI application that serves a store's releases at :data:`LIGHTCURVE_PATH`.
+
+    Parameters
+    ----------
+    store : str or Path
+        The store's root directory.
+    max_rows : int
+        Most rows in one answer; a request for more gets 400.
+    timeout : float
+        Seconds a request may take; then it gets 504, and its work stops at its next step.
+    max_concurrent : int
+        Requests answered at once; one more gets 503 at once.
 
     Raises
     ------
     StoreError
         If ``store`` is not an lcstore store.
+    ValueError
+        If a limit is not a positive number.
     """
+    _positive("max_rows", max_rows, numbers.Integral)
+    _positive("timeout", timeout, numbers.Real)
+    _positive("max_concurrent", max_concurrent, numbers.Integral)
     releases = ReleaseCache(store)
     app = FastAPI(
         title="lcstore lightcurve service",
@@ -677,25 +874,95 @@ def create_app(store: str | Path) -> FastAPI:
         openapi_url=None,
     )
     app.state.releases = releases
+    # One thread per request answered at once: a request never waits for a thread, and a
+    # slot is free again only when its work has stopped, even after its 504.
+    slots = threading.BoundedSemaphore(max_concurrent)
+    workers = ThreadPoolExecutor(max_workers=max_concurrent, thread_name_prefix="lcstore-request")
 
-    # A plain function: FastAPI runs it in its thread pool, as the queries block on I/O.
-    @app.get(LIGHTCURVE_PATH)
-    def nph_light_curves(request: Request) -> Response:
+    def respond(query: LightcurveQuery, release: Release, deadline: Deadline) -> Response:
+        found = select(release, query, deadline)
+        if len(found.rows) > max_rows:
+            raise QueryError(
+                f"the answer has {len(found.rows):,} rows, more than this service's limit of "
+                f"{max_rows:,} (lcstore serve --max-rows); ask for less: a smaller circle, "
+                "BANDNAME, a TIME range or fewer IDs"
+            )
+        deadline.check()
+        table = irsa_table(found.rows)
+        deadline.check()
+        body, media_type = render(table, query.format)
+        headers = {COLLECTION_HEADER: release.name}
+        if found.unknown_ids:
+            headers[UNKNOWN_IDS_HEADER] = ",".join(map(str, found.unknown_ids))
+        return Response(body, media_type=media_type, headers=headers)
+
+    def answer(items: list[tuple[str, str]], url: str, deadline: Deadline) -> Response:
+        """The response to one request; runs in a worker thread."""
+        release = None
         try:
-            query = LightcurveQuery.parse(request.query_params.multi_items())
+            query = LightcurveQuery.parse(items)
             release = releases.get(query.collection)
-            body, media_type = render(irsa_table(select(release, query)), query.format)
+            response = respond(query, release, deadline)
+        except QueryTimeoutError as err:
+            log.warning("stopped %s: %s", url, err)
+            response = _error(504, str(err))
+        except lcstore.ObjectNotFoundError as err:
+            response = _error(404, str(err))
         except QueryError as err:
-            return _error(400, str(err))
-        except StoreError as err:
-            log.error("cannot serve %s: %s", request.url, err)
-            return _error(503, str(err))
-        return Response(body, media_type=media_type, headers={COLLECTION_HEADER: release.name})
+            response = _error(400, str(err))
+        except Exception as err:
+            # A release deleted while a request read it fails in many ways (a missing file,
+            # one that no longer reads back); the check below answers those.
+            if not isinstance(err, (StoreError, OSError)) and (
+                release is None or releases.is_on_disk(release)
+            ):
+                raise
+            log.error("cannot serve %s: %s", url, err)
+            response = _error(503, str(err))
+        finally:
+            slots.release()
+        # Whatever was answered (even rows from footers kept in memory, or "no object" for
+        # want of a refmap file), a release deleted meanwhile is an answer of its own.
+        if release is not None and not releases.is_on_disk(release):
+            return _error(400, str(releases.deleted(release)))
+        return response
+
+    @app.get(LIGHTCURVE_PATH)
+    async def nph_light_curves(request: Request) -> Response:
+        if not slots.acquire(blocking=False):
+            return _error(
+                503,
+                f"the service is answering {max_concurrent} requests already, its limit "
+                "(lcstore serve --max-concurrent); try again in a moment",
+                headers={"Retry-After": "1"},
+            )
+        deadline = Deadline(timeout)
+        try:
+            work = asyncio.get_running_loop().run_in_executor(
+                workers, answer, request.query_params.multi_items(), str(request.url), deadline
+            )
+        except BaseException:
+            slots.release()
+            raise
+        try:
+            # shield: a request that times out leaves its work running to its next check.
+            return await asyncio.wait_for(asyncio.shield(work), timeout)
+        except TimeoutError:
+            log.warning("no answer to %s within %g s", request.url, timeout)
+            return _error(504, deadline.message)
 
     return app
 
 
-def serve(store: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(
+    store: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    max_rows: int = MAX_ROWS,
+    timeout: float = TIMEOUT_S,
+    max_concurrent: int = MAX_CONCURRENT,
+) -> None:
     """Serve a store over HTTP with uvicorn until interrupted.
 
     Parameters
@@ -706,7 +973,13 @@ def serve(store: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
         Address to listen on.
     port : int
         TCP port to listen on.
+    max_rows, timeout, max_concurrent
+        The limits of :func:`create_app`.
     """
-    app = create_app(store)
-    log.info("serving store %s at http://%s:%d%s", store, host, port, LIGHTCURVE_PATH)
+    app = create_app(store, max_rows=max_rows, timeout=timeout, max_concurrent=max_concurrent)
+    log.info(
+        "serving store %s at http://%s:%d%s (at most %d rows per answer, %g s per request, "
+        "%d requests at once)",
+        store, host, port, LIGHTCURVE_PATH, max_rows, timeout, max_concurrent,
+    )  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level="info")

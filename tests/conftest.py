@@ -60,6 +60,20 @@ def tiny_survey(tmp_path_factory):
     return simulate(tmp_path_factory.mktemp("tiny") / "survey", PRESETS["tiny"])
 
 
+def separation_arcsec(ra, dec, ra0: float, dec0: float) -> np.ndarray:
+    """Angular separation from (ra0, dec0), arcseconds, by Vincenty's formula in extended
+    precision (64-bit mantissa) from the float64 positions as they are: brute force for
+    lcstore's float64 chords, down to the smallest radii."""
+    ra, dec = np.radians(np.asarray(ra, np.longdouble)), np.radians(np.asarray(dec, np.longdouble))
+    ra0, dec0 = np.radians(np.longdouble(ra0)), np.radians(np.longdouble(dec0))
+    d = ra - ra0
+    across = np.hypot(
+        np.cos(dec) * np.sin(d), np.cos(dec0) * np.sin(dec) - np.sin(dec0) * np.cos(dec) * np.cos(d)
+    )
+    along = np.sin(dec0) * np.sin(dec) + np.cos(dec0) * np.cos(dec) * np.cos(d)
+    return np.degrees(np.arctan2(across, along)) * 3600
+
+
 def _cap(rng, n: int, ra_deg: float, dec_deg: float, radius_deg: float):
     """``n`` positions uniform in a spherical cap, as unit vectors, shape (n, 3)."""
     from lcstore.kernels.healpix import unit_vectors
@@ -159,6 +173,27 @@ def query_store(tmp_path_factory, build) -> Path:
     epochs, refs = write_handmade_survey(root / "survey")
     build(epochs, refs, root / "store", "DR1", detection_partition_rows=2000, object_partition_rows=100)
     return root / "store"
+
+
+#: A folder name with every character that globs or SQL quoting could trip on.
+GLOB_FOLDER = "a[1]*b?'c"
+
+
+@pytest.fixture(scope="session")
+def glob_store(query_store, tmp_path_factory) -> Path:
+    """A copy of :func:`query_store` under a folder named :data:`GLOB_FOLDER`, next to a decoy
+    folder that the name matches as a glob pattern (``a1-decoy-b?'c``): a copy with one more
+    detections file, which no view of the store may read."""
+    import shutil
+
+    base = tmp_path_factory.mktemp("glob")
+    store = base / GLOB_FOLDER / "store"
+    shutil.copytree(query_store, store)
+    decoy = base / "a1-decoy-b?'c" / "store"
+    shutil.copytree(query_store, decoy)
+    leaves = sorted((decoy / "releases" / "DR1" / "detections" / "dataset").rglob("Npix=*.parquet"))
+    shutil.copy(leaves[0], leaves[0].with_name("Npix=999999.parquet"))
+    return store
 
 
 @pytest.fixture(scope="session")

@@ -253,3 +253,86 @@ def test_diff_reports_what_changed(tmp_path, tiny_survey, build, capsys):
     )
     assert cli_main(["diff", str(store), "DR1", "DR9"]) == 2
     assert "no release 'DR9'" in capsys.readouterr().err
+
+
+# --- query edges ------------------------------------------------------------------------------
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == EXIT_USAGE
+    assert err.startswith("lcstore: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    for needle in needles:
+        assert needle in err
+
+
+@pytest.mark.parametrize("objectid", ["12345", "999100100000005"])
+def test_lightcurve_of_no_object_is_an_error(capsys, query_store, objectid):
+    code, out, err = run(capsys, "lightcurve", query_store, objectid)
+    assert out == ""
+    assert_one_line_error(code, err, f"has no object {objectid}")
+
+
+def test_lightcurve_of_an_object_without_such_detections_prints_the_header(capsys, query_store, release):
+    objectid = int(release.cone(150.0, 20.0, 600.0)["objectid"].iloc[0])
+    code, out, _ = run(capsys, "lightcurve", query_store, objectid, "--time", 0, 1, "--columns", "mjd,mag")
+    assert code == 0 and out == "mjd,mag\n"
+
+
+@pytest.mark.parametrize("radius", ["5e-324", "1e-300", "1e-12", "0.006"])
+def test_cone_of_a_tiny_radius(capsys, query_store, release, radius):
+    obj = release.objects_in_cone(150.0, 20.0, 120.0).iloc[0]
+    ra, dec = repr(float(obj["ra"])), repr(float(obj["dec"]))
+    code, out, err = run(capsys, "cone", query_store, "--ra", ra, "--dec", dec, "--radius", radius)
+    assert code == 0, err
+    got = pd.read_csv(io.StringIO(out))
+    want = release.lightcurve(int(obj["objectid"]))
+    assert (
+        got["objectid"].tolist() == want["objectid"].tolist() and got["mjd"].tolist() == want["mjd"].tolist()
+    )
+
+
+def test_sql_limits(capsys, query_store):
+    code, _, err = run(
+        capsys, "sql", query_store, "SELECT count(*) FROM range(100000000000000)", "--timeout", 0.5
+    )
+    assert_one_line_error(code, err, "ran longer than its time limit of 0.5 s")
+    big_sort = "SELECT * FROM range(100000000) ORDER BY random()"
+    code, _, err = run(capsys, "sql", query_store, big_sort, "--memory-limit", "50MB", "--timeout", 300)
+    assert_one_line_error(code, err, "needs more memory than its limit")
+    code, out, _ = run(capsys, "sql", query_store, "SELECT current_setting('threads') AS t", "--threads", 1)
+    assert code == 0 and out == "t\n1\n"
+    code, out, _ = run(capsys, "sql", query_store, "SELECT 1 AS x", "--timeout", 0)  # 0: no limit
+    assert code == 0 and out == "x\n1\n"
+    code, _, err = run(capsys, "sql", query_store, "SELECT 1", "--memory-limit", "lots")
+    assert_one_line_error(code, err, "DuckDB refused the limits")
+    for bad in (["--threads", "0"], ["--timeout", "-1"], ["--timeout", "soon"]):
+        code, _, err = run(capsys, "sql", query_store, "SELECT 1", *bad)
+        assert code == EXIT_USAGE and "error:" in err
+
+
+def test_sql_writes_nothing(capsys, query_store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    release_dir = query_store / "releases" / "DR1"
+    before = sorted(p.relative_to(release_dir) for p in release_dir.rglob("*"))
+    for query in (
+        f"COPY (SELECT 1) TO '{release_dir}/x.csv'",
+        f"ATTACH '{release_dir}/x.duckdb' AS x",
+        "SELECT * FROM read_text('/etc/passwd')",
+        "SELECT * FROM query('COPY (SELECT 1) TO ''x.csv''')",
+    ):
+        code, out, err = run(capsys, "sql", query_store, query)
+        assert_one_line_error(code, err)
+        assert out == ""
+    assert sorted(p.relative_to(release_dir) for p in release_dir.rglob("*")) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_commands_on_a_store_under_a_glob_like_folder(capsys, glob_store):
+    release = lcstore.open(glob_store)
+    code, out, err = run(capsys, "sql", glob_store, "SELECT count(*) AS n FROM detections")
+    assert code == 0, err
+    files = sorted((release.path / "detections" / "dataset").rglob("Npix=*.parquet"))
+    assert int(out.split()[1]) == sum(len(pd.read_parquet(f)) for f in files)
+    code, out, err = run(capsys, "cone", glob_store, "--ra", 150, "--dec", 20, "--radius", 600)
+    assert code == 0, err
+    assert len(pd.read_csv(io.StringIO(out))) == len(release.cone(150.0, 20.0, 600.0)) > 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from astropy.table import Table
 from astropy.time import Time
 
 import lcstore
+from lcstore import service
 from lcstore.cli import main
 from lcstore.io.store import Store
 from lcstore.query.release import Release
@@ -56,12 +58,13 @@ STARTUP_TIMEOUT_S = 60.0
 
 
 @contextlib.contextmanager
-def serving(store: Path) -> Iterator[str]:
+def serving(store: Path, **limits) -> Iterator[str]:
     """Serve ``store`` with uvicorn on a free loopback port; yield the lightcurve URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(store), log_level="warning", lifespan="off"))
+    app = create_app(store, **limits)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -187,10 +190,48 @@ def test_ztf_oid_finds_its_object(http, url, release):
     assert_rows(fetch(http, url, {"ID": f"{first},{second},{objectid}"}), want)
 
 
-def test_unknown_id_and_empty_sky_return_no_rows(http, url):
-    for params in ({"ID": "12345"}, pos(10.0, -60.0, 0.01)):
-        got = fetch(http, url, params)
-        assert got.empty and list(got.columns) == list(IRSA_COLUMNS)
+def test_empty_sky_returns_no_rows(http, url, release):
+    got = fetch(http, url, pos(10.0, -60.0, 0.01))
+    assert got.empty and list(got.columns) == list(IRSA_COLUMNS)
+    # So does an object none of whose epochs passes the filters: it is known, just empty.
+    objectid = int(release.cone(*WIDE[:2], 300.0)["objectid"].iloc[0])
+    got = fetch(http, url, {"ID": str(objectid), "TIME": "0 1"})
+    assert got.empty and list(got.columns) == list(IRSA_COLUMNS)
+
+
+def assert_error(response: httpx.Response, status: int, *needles: str) -> None:
+    """A refusal: ``status``, and one ``text/plain`` line ``ERROR: ...`` holding ``needles``."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.text.startswith("ERROR: ") and response.text.count("\n") == 1
+    for needle in needles:
+        assert needle in response.text
+
+
+# 999...: a ZTF oid of field 999, which the survey does not cover (no refmap file).
+@pytest.mark.parametrize("ids", ["12345", "12345,67890", "999100100000005"])
+@pytest.mark.parametrize("fmt", ["CSV", "VOTABLE"])
+def test_ids_of_no_object_get_404(http, url, ids, fmt):
+    response = http.get(url, params={"ID": ids, "FORMAT": fmt})
+    assert_error(response, 404, "has no object with ID", *ids.split(","))
+
+
+def test_unknown_ids_among_known_ones_are_reported(http, url, release):
+    a, b = release.cone(*WIDE[:2], 300.0)["objectid"].unique()[:2].tolist()
+    response = get(http, url, {"ID": f"{a},12345,{b},67890", "FORMAT": "CSV"})
+    assert response.headers[service.UNKNOWN_IDS_HEADER] == "12345,67890"
+    assert_rows(
+        read_csv(response.text), pd.concat([release.lightcurve(a), release.lightcurve(b)], ignore_index=True)
+    )
+    assert service.UNKNOWN_IDS_HEADER.lower() not in get(http, url, {"ID": str(a)}).headers
+
+
+@pytest.mark.parametrize("radius_deg", ["5e-324", "1e-300", "1e-12", "1.7e-6"])
+def test_tiny_pos_radius_finds_the_object_at_its_centre(http, url, release, radius_deg):
+    # 1.7e-6 degree is 0.006 arcsec, where cdshealpix used to panic (HTTP 500).
+    obj = release.objects_in_cone(*WIDE[:2], 120.0).iloc[0]
+    got = fetch(http, url, {"POS": f"CIRCLE {float(obj['ra'])!r} {float(obj['dec'])!r} {radius_deg}"})
+    assert_rows(got, release.lightcurve(int(obj["objectid"])))
 
 
 # --- filters ------------------------------------------------------------------------------
@@ -474,6 +515,158 @@ def test_a_release_is_opened_once(query_store):
     assert releases.get() is releases.get("DR1") is releases.get(None)
 
 
+# --- limits -----------------------------------------------------------------------------------
+
+
+def test_too_many_rows_are_refused_not_cut(http, query_store, release):
+    want = release.cone(WIDE[0], WIDE[1], WIDE[2] * 3600.0)
+    n = len(want)
+    with serving(query_store, max_rows=n - 1) as limited:
+        for fmt in ("CSV", "VOTABLE"):
+            response = http.get(limited, params={**pos(*WIDE), "FORMAT": fmt})
+            assert_error(response, 400, f"the answer has {n:,} rows", f"limit of {n - 1:,}", "--max-rows")
+        # A smaller question under the limit is answered.
+        assert len(fetch(http, limited, {**pos(*WIDE), "BANDNAME": "g"})) < n
+    with serving(query_store, max_rows=n) as limited:
+        assert_rows(fetch(http, limited, pos(*WIDE)), want)
+
+
+@contextlib.contextmanager
+def held_select(monkeypatch) -> Iterator[tuple[threading.Event, threading.Event, threading.Event]]:
+    """service.select, held until ``go`` is set: yields (entered, go, done)."""
+    entered, go, done = threading.Event(), threading.Event(), threading.Event()
+    real = service.select
+
+    def held(release, query, deadline=None):
+        entered.set()
+        go.wait(STARTUP_TIMEOUT_S)
+        try:
+            return real(release, query, deadline)
+        finally:
+            done.set()
+
+    monkeypatch.setattr(service, "select", held)
+    try:
+        yield entered, go, done
+    finally:
+        go.set()
+
+
+def until_free(http: httpx.Client, url: str) -> httpx.Response:
+    """The first answer that is not 503 (busy), asking again for up to a minute."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while True:
+        response = http.get(url, params={**pos(*WIDE), "FORMAT": "CSV"})
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+        time.sleep(0.05)
+
+
+def test_a_slow_request_gets_504_and_its_work_stops(http, query_store, release, monkeypatch):
+    with (
+        held_select(monkeypatch) as (entered, go, done),
+        serving(query_store, timeout=0.5, max_concurrent=1) as u,
+    ):
+        response = http.get(u, params={**pos(*WIDE), "FORMAT": "CSV"})
+        assert_error(response, 504, "longer than this service's limit of 0.5 s", "--timeout")
+        assert entered.is_set()
+        # The work goes on in the background and holds the only slot...
+        assert_error(http.get(u, params={"ID": "1"}), 503, "--max-concurrent")
+        go.set()
+        assert done.wait(STARTUP_TIMEOUT_S)
+        # ...until it stops at its next check; then the slot is free again.
+        monkeypatch.undo()
+        assert until_free(http, u).status_code in (200, 504)
+
+
+def test_a_request_past_the_deadline_gets_504(http, query_store):
+    with serving(query_store, timeout=1e-9) as u:
+        assert_error(http.get(u, params={**pos(*WIDE), "FORMAT": "CSV"}), 504, "--timeout")
+
+
+def test_requests_past_the_concurrency_cap_get_503(query_store, release, monkeypatch):
+    answers = {}
+
+    def ask(url: str) -> None:
+        with httpx.Client(timeout=STARTUP_TIMEOUT_S) as own:
+            answers["first"] = own.get(url, params={**pos(*WIDE), "FORMAT": "CSV"})
+
+    with held_select(monkeypatch) as (entered, go, _), serving(query_store, max_concurrent=1) as u:
+        first = threading.Thread(target=ask, args=(u,))
+        first.start()
+        assert entered.wait(STARTUP_TIMEOUT_S)
+        with httpx.Client(timeout=STARTUP_TIMEOUT_S) as http:
+            busy = http.get(u, params={"ID": "1"})
+            assert_error(busy, 503, "answering 1 requests already", "--max-concurrent")
+            assert busy.headers["retry-after"] == "1"
+            go.set()
+            first.join(STARTUP_TIMEOUT_S)
+            assert_rows(read_csv(answers["first"].text), release.cone(WIDE[0], WIDE[1], WIDE[2] * 3600.0))
+            assert until_free(http, u).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [{"max_rows": 0}, {"timeout": 0}, {"timeout": float("inf")}, {"max_concurrent": 0}, {"max_rows": 1.5}],
+)
+def test_bad_limits_are_refused(query_store, limits):
+    with pytest.raises(ValueError, match="must be a positive"):
+        create_app(query_store, **limits)
+
+
+# --- deleted releases -------------------------------------------------------------------------
+
+
+def test_a_release_deleted_from_disk_gets_400(http, query_store, release, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(query_store, store)
+    dr1, aside = store / "releases" / "DR1", tmp_path / "aside"
+    objectid = int(release.cone(*WIDE[:2], 300.0)["objectid"].iloc[0])
+    asks = [pos(*WIDE), pos(10.0, -60.0, 0.01), {"ID": str(objectid)}, {**pos(*WIDE), "COLLECTION": "DR1"}]
+    with serving(store) as served:
+        for params in asks:  # opened, footers read and kept
+            get(http, served, {**params, "FORMAT": "CSV"})
+        shutil.move(dr1, aside)
+        for params in asks:  # not a 500, nor an empty 200 from what was kept
+            response = http.get(served, params={**params, "FORMAT": "CSV"})
+            assert_error(response, 400, "'DR1'", "deleted", "collections: none")
+        # Published again under its name: served again, opened anew.
+        shutil.move(aside, dr1)
+        assert_rows(fetch(http, served, pos(*WIDE)), release.cone(WIDE[0], WIDE[1], WIDE[2] * 3600.0))
+
+
+def test_a_release_deleted_before_its_first_request_gets_400(http, query_store, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(query_store, store)
+    shutil.rmtree(store / "releases" / "DR1")
+    with serving(store) as served:
+        assert_error(
+            http.get(served, params=pos(*WIDE)), 400, "latest release 'DR1'", "STORE/LATEST", "deleted"
+        )
+        assert_error(
+            http.get(served, params={**pos(*WIDE), "COLLECTION": "DR1"}), 400, "unknown COLLECTION 'DR1'"
+        )
+
+
+@pytest.mark.parametrize("by", ["POS", "ID"])
+def test_a_release_deleted_while_being_read_gets_400(http, query_store, release, tmp_path, monkeypatch, by):
+    objectid = int(release.cone(*WIDE[:2], 300.0)["objectid"].iloc[0])
+    params = pos(*WIDE) if by == "POS" else {"ID": str(objectid)}
+    store = tmp_path / "store"
+    shutil.copytree(query_store, store)
+    real = service.select
+
+    def deleting(release, query, deadline=None):
+        shutil.rmtree(release.path)
+        return real(release, query, deadline)
+
+    with serving(store) as served:
+        get(http, served, pos(*WIDE))  # opened and partly read before
+        monkeypatch.setattr(service, "select", deleting)
+        response = http.get(served, params={**params, "FORMAT": "CSV"})
+    assert_error(response, 400, "release 'DR1' is no longer in the store", "deleted from disk")
+
+
 # --- releases -----------------------------------------------------------------------------
 
 
@@ -544,11 +737,31 @@ def test_serve_help(capsys):
     assert main(["serve", "--help"]) == 0
     out = capsys.readouterr().out
     assert "lcstore serve " in out and LIGHTCURVE_PATH in out and "--port" in out
+    # The defaults the help names are the service's.
+    out = " ".join(out.split())
+    assert f"default: {service.MAX_ROWS})" in out and f"default: {service.MAX_CONCURRENT})" in out
+    assert f"default: {service.TIMEOUT_S:g})" in out and "X-Lcstore-Unknown-Ids" in out
 
 
 def test_serve_refuses_a_non_store(capsys, tmp_path):
     assert main(["serve", str(tmp_path)]) == 2
     assert "not an lcstore store" in capsys.readouterr().err
+
+
+def test_serve_passes_its_limits(capsys, query_store, monkeypatch):
+    calls = []
+    monkeypatch.setattr(service, "serve", lambda store, **kwargs: calls.append(kwargs))
+    argv = ["serve", str(query_store), "--max-rows", "10", "--timeout", "2.5", "--max-concurrent", "3"]
+    assert main(argv) == 0
+    assert main(["serve", str(query_store)]) == 0
+    assert calls == [
+        {"host": "127.0.0.1", "port": 8000, "max_rows": 10, "timeout": 2.5, "max_concurrent": 3},
+        {"host": "127.0.0.1", "port": 8000},
+    ]
+    for bad in (["--timeout", "0"], ["--timeout", "inf"], ["--max-rows", "0"], ["--max-concurrent", "-1"]):
+        assert main(["serve", str(query_store), *bad]) == 2
+        assert "error:" in capsys.readouterr().err
+    assert len(calls) == 2
 
 
 def _free_port() -> int:
@@ -577,3 +790,9 @@ def test_serve_command_answers(query_store, release, http):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_store_under_a_glob_like_folder(http, glob_store):
+    rel = lcstore.open(glob_store)
+    with serving(glob_store) as served:
+        assert_rows(fetch(http, served, pos(*WIDE)), rel.cone(WIDE[0], WIDE[1], WIDE[2] * 3600.0))

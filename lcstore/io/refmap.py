@@ -53,15 +53,6 @@ def refmap_files(release_dir: str | Path) -> list[Path]:
     return sorted((Path(release_dir) / REFMAP_DIR).glob(FIELD_FILES))
 
 
-def sql_source(release_dir: str | Path) -> Path:
-    """What SQL engines read as a release's refmap: the legacy file, the glob of the field
-    files, or the schema alone of a release without reference sources."""
-    files = refmap_files(release_dir)
-    if files and files[0].name == LEGACY_REFMAP:
-        return files[0]
-    return Path(release_dir) / REFMAP_DIR / (FIELD_FILES if files else SCHEMA_FILE)
-
-
 def file_for_oid(release_dir: str | Path, oid: int) -> Path:
     """The file of a release that holds ``ztf_oid`` ``oid`` if any row does."""
     legacy = Path(release_dir) / LEGACY_REFMAP

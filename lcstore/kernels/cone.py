@@ -10,6 +10,7 @@ import cdshealpix.nested as cds
 import numpy as np
 from astropy.coordinates import Latitude, Longitude
 
+from lcstore.errors import QueryError
 from lcstore.kernels.crossmatch import chord_of
 from lcstore.kernels.healpix import (
     SPATIAL_INDEX_ORDER,
@@ -22,6 +23,17 @@ from lcstore.kernels.healpix import (
 MOC_CELLS_PER_RADIUS = 4
 
 
+#: Deepest MOC order asked of cdshealpix: its ``cone_search`` panics (index out of bounds,
+#: a ``BaseException`` that ``except Exception`` lets through) at orders 28 and 29 whatever the
+#: radius. Order-27 cells are about 1.6 milliarcseconds across.
+MAX_MOC_DEPTH = 27
+
+#: The covering cone is this much wider than the cone asked for, arcseconds (1
+#: milliarcsecond, a few order-29 cells). The exact test, :func:`within`, rounds by less than
+#: 1e-9 arcsecond, so no position it keeps can fall outside the covering; and a radius too
+#: small to hold a cell (down to the smallest positive float) still covers its centre.
+COVER_MARGIN_ARCSEC = 1e-3
+
 #: Side of an order-0 HEALPix cell, arcseconds (sqrt(4 pi / 12) radians).
 _ORDER0_SIZE_ARCSEC = math.degrees(math.sqrt(math.pi / 3.0)) * 3600.0
 
@@ -29,25 +41,43 @@ _ORDER0_SIZE_ARCSEC = math.degrees(math.sqrt(math.pi / 3.0)) * 3600.0
 def cone_ranges(ra_deg: float, dec_deg: float, radius_arcsec: float) -> tuple[np.ndarray, np.ndarray]:
     """Ranges of the order-29 spatial index that cover a cone.
 
+    Any positive radius is answered, down to the smallest positive float: the ranges are
+    those of a cone :data:`COVER_MARGIN_ARCSEC` wider, in cells of order at most
+    :data:`MAX_MOC_DEPTH`.
+
     Parameters
     ----------
     ra_deg, dec_deg : float
         Centre of the cone, degrees.
     radius_arcsec : float
-        Radius of the cone, arcseconds.
+        Radius of the cone, arcseconds; positive.
 
     Returns
     -------
     lo, hi : numpy.ndarray
-        Sorted, disjoint, half-open int64 ranges ``[lo, hi)``. Every position within the
-        cone has its ``_healpix_29`` in one of them (cdshealpix may add cells that only
-        graze the circle, never drop one).
+        Sorted, disjoint, half-open int64 ranges ``[lo, hi)``. Every position that
+        :func:`within` keeps has its ``_healpix_29`` in one of them (cdshealpix may add
+        cells that only graze the circle, never drop one).
+
+    Raises
+    ------
+    QueryError
+        If cdshealpix fails on the cone (it never has on a checked one; this keeps a
+        failure of the Rust library from escaping as a ``BaseException``).
     """
-    depth = math.ceil(math.log2(_ORDER0_SIZE_ARCSEC * MOC_CELLS_PER_RADIUS / radius_arcsec))
-    depth = min(max(depth, 0), SPATIAL_INDEX_ORDER)
-    ipix, depths, _ = cds.cone_search(
-        Longitude(ra_deg, u.deg), Latitude(dec_deg, u.deg), radius_arcsec * u.arcsec, depth
-    )
+    cover = float(radius_arcsec) + COVER_MARGIN_ARCSEC
+    depth = math.ceil(math.log2(_ORDER0_SIZE_ARCSEC * MOC_CELLS_PER_RADIUS / cover))
+    depth = min(max(depth, 0), MAX_MOC_DEPTH, SPATIAL_INDEX_ORDER)
+    try:
+        ipix, depths, _ = cds.cone_search(
+            Longitude(ra_deg, u.deg), Latitude(dec_deg, u.deg), cover * u.arcsec, depth
+        )
+    except BaseException as err:
+        # pyo3's PanicException derives from BaseException; let Ctrl-C and exits through.
+        if isinstance(err, Exception) or type(err).__name__ == "PanicException":
+            cone = f"({ra_deg}, {dec_deg}, {radius_arcsec} arcsec)"
+            raise QueryError(f"cannot cover the cone {cone} with HEALPix cells: {err}") from err
+        raise
     # Cells that touch are merged, so that the range lookups below stay short.
     return pixel_ranges(ipix, depths)
 

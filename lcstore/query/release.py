@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
+import pyarrow.dataset as pds
 from duckdb import DuckDBPyConnection
 
 from lcstore import schema
@@ -284,17 +285,36 @@ class Release:
         Returns
         -------
         pandas.DataFrame
-            One row per detection; empty if the release has no such object or no
-            detection of it passes the filters.
+            One row per detection; empty if the object has no detection that passes the
+            filters (or none at all: a reference source not detected in the release).
 
         Raises
         ------
+        ObjectNotFoundError
+            If the release has no such object.
         QueryError
             If an argument is out of range or names an unknown band or column.
         """
         filters = Filters.check(bands, time, bad_catflags_mask)
         catalog = self._detections
-        return self._run(IdSearch(self._resolve(objectid), filters), catalog, catalog.columns(columns))
+        found = self._resolve(objectid)
+        frame = self._run(IdSearch(found, filters), catalog, catalog.columns(columns))
+        # An empty answer is an object without such detections, or no object at all.
+        if frame.empty and not self._has_object(found):
+            raise ObjectNotFoundError(self._not_found(objectid))
+        return frame
+
+    def _has_object(self, objectid: int) -> bool:
+        """Whether the objects catalog has a row of this lcstore objectid."""
+        table, _ = IdSearch(objectid).run(self._objects, [schema.OBJECTID])
+        return table.num_rows > 0
+
+    def _not_found(self, objectid: int) -> str:
+        return (
+            f"release {self.name} has no object {objectid}: it is neither an objectid of the release "
+            "nor a ZTF object id in its refmap (objectids come from cone(), objects_in_cone() or "
+            "the objects table)"
+        )
 
     def object(self, objectid: int) -> pd.Series:
         """One object's row: position, reference-source count and per-band statistics.
@@ -317,31 +337,66 @@ class Release:
         catalog = self._objects
         frame = self._run(IdSearch(self._resolve(objectid)), catalog, list(catalog.schema.names))
         if frame.empty:
-            raise ObjectNotFoundError(f"release {self.name} has no object {objectid}")
+            raise ObjectNotFoundError(self._not_found(objectid))
         return frame.iloc[0]
 
     # --- SQL ---
 
     @functools.cached_property
-    def _connection(self) -> DuckDBPyConnection:
-        return sql.connect(self.path)
+    def _views(self) -> dict[str, pds.Dataset]:
+        """The Arrow datasets of the SQL views, made once: they keep the footers they read."""
+        return sql.views(self.path, self._objects, self._detections)
 
-    def duckdb(self) -> DuckDBPyConnection:
-        """A DuckDB connection with the views ``objects``, ``detections`` and ``refmap``.
+    def duckdb(
+        self, *, memory_limit: str = sql.MEMORY_LIMIT, threads: int = sql.THREADS
+    ) -> DuckDBPyConnection:
+        """A new DuckDB connection with the views ``objects``, ``detections`` and ``refmap``.
 
-        Each call returns a new cursor on one shared in-memory database, so threads can
-        query at once; close it when done.
+        Each call makes a database in memory of its own, so threads can query at once (one
+        connection each) and nothing one connection does is seen by another. The views read
+        the release's files through Arrow; DuckDB itself can read and write no file (see
+        :mod:`lcstore.query.sql`). Close it when done.
+
+        A connection has no statement timeout: :meth:`sql` has one, or call the
+        connection's ``interrupt()`` from another thread.
+
+        Parameters
+        ----------
+        memory_limit : str
+            DuckDB's ``memory_limit`` (default :data:`lcstore.query.sql.MEMORY_LIMIT`).
+        threads : int
+            DuckDB's ``threads`` (default :data:`lcstore.query.sql.THREADS`).
+
+        Raises
+        ------
+        QueryError
+            If a limit is malformed.
         """
-        return self._connection.cursor()
+        return sql.connect(self._views, memory_limit=memory_limit, threads=threads)
 
-    def sql(self, query: str) -> pd.DataFrame:
+    def sql(
+        self,
+        query: str,
+        *,
+        timeout: float | None = sql.TIMEOUT_S,
+        memory_limit: str = sql.MEMORY_LIMIT,
+        threads: int = sql.THREADS,
+    ) -> pd.DataFrame:
         """Run one SQL query (DuckDB dialect) over the release.
 
         Parameters
         ----------
         query : str
-            May read the views ``objects``, ``detections`` and ``refmap``; angles in
-            degrees, times in MJD as stored.
+            One SELECT statement. It may read the views ``objects``, ``detections`` and
+            ``refmap``, and no file; angles in degrees, times in MJD as stored.
+        timeout : float or None
+            Stop the query after this many seconds (default
+            :data:`lcstore.query.sql.TIMEOUT_S`); None for no limit.
+        memory_limit : str
+            DuckDB's ``memory_limit`` for the query, e.g. ``"2GB"`` (default
+            :data:`lcstore.query.sql.MEMORY_LIMIT`). Nothing spills to disk.
+        threads : int
+            DuckDB threads for the query (default :data:`lcstore.query.sql.THREADS`).
 
         Returns
         -------
@@ -350,8 +405,10 @@ class Release:
         Raises
         ------
         QueryError
-            If the query is not one SELECT statement, or DuckDB rejects it (for example
-            for reading a file outside the release); the message is DuckDB's.
+            If the query is not one SELECT statement, DuckDB rejects it (for example for
+            reading a file), it needs more memory than ``memory_limit`` or it runs longer
+            than ``timeout``; the message says which.
         """
-        with self.duckdb() as con:
-            return sql.select(con, query)
+        sql.check_timeout(timeout)
+        with self.duckdb(memory_limit=memory_limit, threads=threads) as con:
+            return sql.select(con, query, timeout)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 import shutil
 import subprocess
 import sys
@@ -9,18 +11,21 @@ from pathlib import Path
 
 import astropy.units as u
 import cdshealpix.nested as cds
+import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 from astropy.coordinates import SkyCoord
-from hypothesis import HealthCheck, given, settings
+from conftest import separation_arcsec
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import lcstore
-from lcstore.errors import LcstoreError, QueryError, ReleaseNotFoundError, StoreError
+from lcstore.errors import LcstoreError, QueryError, QueryTimeoutError, ReleaseNotFoundError, StoreError
 from lcstore.kernels.partitions import partition_of
+from lcstore.query import sql
 from lcstore.query.release import MAX_RADIUS_ARCSEC, ObjectNotFoundError, Release
 
 #: Rows per row group of the re-written copy of the release, so that row-group pruning
@@ -235,13 +240,23 @@ def test_object_row(release, objects):
     pd.testing.assert_series_equal(got, want, check_names=False)
 
 
-def test_unknown_object(release):
+def test_unknown_object(release, objects):
     unknown = 12345  # an order-29 index far from every clump
-    lc = release.lightcurve(unknown)
-    assert lc.empty
-    assert "mjd" in lc.columns
+    with pytest.raises(ObjectNotFoundError, match="no object 12345"):
+        release.lightcurve(unknown)
+    with pytest.raises(ObjectNotFoundError, match="no object 12345"):
+        release.lightcurve(unknown, bands=["zg"], columns=["mjd"])
     with pytest.raises(ObjectNotFoundError, match="no object 12345"):
         release.object(unknown)
+    # Next to a real object: an objectid is exact, not "the nearest".
+    neighbour = int(objects["objectid"].iloc[0]) + 1
+    assert neighbour not in set(objects["objectid"])
+    with pytest.raises(ObjectNotFoundError, match=f"no object {neighbour}"):
+        release.lightcurve(neighbour)
+    # A real object none of whose detections pass the filters is not an unknown one.
+    known = int(objects.loc[objects["nobs"] > 0, "objectid"].iloc[0])
+    lc = release.lightcurve(known, time=(0.0, 1.0))
+    assert lc.empty and "mjd" in lc.columns
 
 
 def test_filters(release):
@@ -334,7 +349,8 @@ def test_bad_ids(release):
         release.lightcurve("abc")
     with pytest.raises(QueryError, match="is an integer"):
         release.lightcurve(3.1353037601550913e17)
-    assert release.lightcurve(np.int64(12345)).empty
+    with pytest.raises(ObjectNotFoundError):
+        release.lightcurve(np.int64(12345))
 
 
 def test_unknown_release_and_store(query_store, tmp_path):
@@ -375,9 +391,17 @@ def test_import_is_light():
         ("ATTACH '/tmp/lcstore-escape.db'", "one read-only SELECT"),
         ("CREATE TABLE t AS SELECT 1", "one read-only SELECT"),
         ("SELECT 1; SELECT 2", "one read-only SELECT"),
+        ("CREATE OR REPLACE VIEW detections AS SELECT 1", "one read-only SELECT"),
         ("SELECT * FROM read_csv('/etc/passwd')", "Permission"),
+        ("SELECT * FROM read_text('/etc/passwd')", "Permission"),
         ("SELECT * FROM read_parquet('/tmp/*.parquet')", "Permission"),
+        ("SELECT * FROM read_parquet('../DR1/refmap/*.parquet')", "Permission"),
+        ("SELECT * FROM query('COPY (SELECT 1) TO ''/tmp/lcstore-escape.csv''')", "SQL query failed"),
         ("SET enable_external_access = true", "one read-only SELECT"),
+        ("SET disabled_filesystems = ''", "one read-only SELECT"),
+        ("PRAGMA enable_profiling", "one read-only SELECT"),
+        ("INSTALL httpfs", "one read-only SELECT"),
+        ("LOAD httpfs", "one read-only SELECT"),
     ],
 )
 def test_sql_is_read_only_and_confined_to_the_release(release, query, message):
@@ -396,6 +420,209 @@ def test_release_names_cannot_escape_the_store(query_store, name):
 def test_ztf_oid_of_a_field_without_reference_sources_is_an_unknown_object(release):
     oid = 999 * 10**12 + 1 * 10**11 + 1 * 10**9 + 1 * 10**8 + 5  # field 999: not in the survey
     assert not (release.path / "refmap" / "field-000999.parquet").exists()
-    assert release.lightcurve(oid).empty
+    with pytest.raises(ObjectNotFoundError, match=f"no object {oid}"):
+        release.lightcurve(oid)
     with pytest.raises(ObjectNotFoundError, match=f"no object {oid}"):
         release.object(oid)
+
+
+# --- tiny radii -----------------------------------------------------------------------------
+
+#: Smallest positive float (a subnormal).
+TINIEST = 5e-324
+
+#: Rounding of lcstore's float64 chords, arcseconds (see tests/kernels/test_cone.py).
+ROUNDING_ARCSEC = 1e-9
+
+
+def brute_ids(frame, ra_col, dec_col, ra, dec, radius) -> tuple[set, set]:
+    """Object ids sure to be in the cone, and those that may be (within rounding)."""
+    sep = separation_arcsec(frame[ra_col].to_numpy(), frame[dec_col].to_numpy(), ra, dec)
+    slack = radius * 1e-9 + ROUNDING_ARCSEC
+    ids = frame["objectid"].to_numpy()
+    # An object exactly at the centre is in every cone, however small.
+    return set(ids[(sep < radius - slack) | (sep == 0)]), set(ids[sep <= radius + slack])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    pick=st.integers(0, 10**6),
+    log_radius=st.floats(math.log10(TINIEST), math.log10(0.3)),
+    offset=st.floats(0.0, 2.0),
+    angle=st.floats(0.0, 360.0),
+)
+@example(pick=0, log_radius=math.log10(TINIEST), offset=0.0, angle=0.0)
+@example(pick=1, log_radius=-310.0, offset=1.0, angle=0.0)
+@example(pick=2, log_radius=math.log10(0.006), offset=0.5, angle=30.0)
+def test_tiny_cones_equal_brute_force(release, objects, detections, pick, log_radius, offset, angle):
+    """Every positive radius answers, down to the smallest float, in the library and in SQL."""
+    radius = max(10.0**log_radius, TINIEST)
+    obj = objects.iloc[pick % len(objects)]
+    here = SkyCoord(obj["ra"] * u.deg, obj["dec"] * u.deg)
+    centre = here.directional_offset_by(angle * u.deg, offset * radius * u.arcsec)
+    ra, dec = float(centre.ra.deg), float(centre.dec.deg)
+    if not (np.isfinite(ra) and np.isfinite(dec)):
+        ra, dec = float(obj["ra"]), float(obj["dec"])
+    sure, maybe = brute_ids(objects, "ra", "dec", ra, dec, radius)
+    got = set(release.objects_in_cone(ra, dec, radius)["objectid"])
+    assert sure <= got <= maybe
+    assert set(release.sql(release.cone_sql(ra, dec, radius, catalog="objects"))["objectid"]) == got
+    sure, maybe = brute_ids(detections, "objra", "objdec", ra, dec, radius)
+    cone = release.cone(ra, dec, radius)
+    assert sure <= set(cone["objectid"]) <= maybe
+    assert len(release.sql(release.cone_sql(ra, dec, radius))) == len(cone)
+
+
+@pytest.mark.parametrize("radius", [TINIEST, 1e-310, 1e-300, 1e-12, 0.006, 0.0063])
+def test_a_tiny_cone_on_an_object_finds_it(release, objects, radius):
+    obj = objects.loc[objects["nobs"] > 0].iloc[3]
+    ra, dec, objectid = float(obj["ra"]), float(obj["dec"]), int(obj["objectid"])
+    assert release.objects_in_cone(ra, dec, radius)["objectid"].tolist() == [objectid]
+    pd.testing.assert_frame_equal(release.cone(ra, dec, radius), release.lightcurve(objectid))
+    assert set(release.sql(release.cone_sql(ra, dec, radius))["objectid"]) == {objectid}
+
+
+# --- SQL: read-only, isolated, limited ----------------------------------------------------------
+
+
+@pytest.fixture
+def scratch_release(query_store, tmp_path) -> Release:
+    """A copy of DR1 for tests that try to change it."""
+    target = tmp_path / "copy" / "DR1"
+    shutil.copytree(query_store / "releases" / "DR1", target)
+    return Release(target)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, str]]:
+    """Every file under ``folder``: size and SHA-256."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_duckdb_connections_can_write_nothing(scratch_release, tmp_path, monkeypatch):
+    rel = scratch_release
+    monkeypatch.chdir(tmp_path)  # DuckDB's default temporary directory is ./.tmp
+    before = snapshot(rel.path)
+    refmap_file = sorted((rel.path / "refmap").glob("field-*.parquet"))[0]
+    leaf = rel._detections.files[0]
+    attempts = [
+        f"COPY (SELECT 1 AS a) TO '{rel.path}/x.csv'",
+        f"COPY (SELECT 1 AS a) TO '{tmp_path}/x.csv'",
+        "COPY (SELECT 1 AS a) TO 'x.csv'",
+        f"COPY (SELECT * FROM refmap LIMIT 1) TO '{refmap_file}' (FORMAT parquet, USE_TMP_FILE false)",
+        f"COPY (SELECT * FROM detections LIMIT 1) TO '{leaf}' (FORMAT parquet)",
+        f"ATTACH '{rel.path}/x.duckdb' AS x",
+        f"ATTACH '{tmp_path}/x.duckdb' AS x",
+        f"EXPORT DATABASE '{rel.path}/export'",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        "SET disabled_filesystems = ''",
+        "RESET disabled_filesystems",
+        "SET enable_external_access = true",
+        f"SET temp_directory = '{rel.path}'",
+        f"SET allowed_directories = ['{rel.path}']",
+        "SET lock_configuration = false",
+        "SELECT * FROM read_text('/etc/passwd')",
+        f"SELECT count(*) FROM read_parquet('{refmap_file}')",
+        # Bigger than the memory limit: with nowhere to spill, it fails instead.
+        "SELECT * FROM range(20000000) ORDER BY random()",
+    ]
+    with rel.duckdb(memory_limit="64MB") as con:
+        for attempt in attempts:
+            with pytest.raises(duckdb.Error):
+                con.execute(attempt).fetchall()
+        assert con.execute("SELECT current_setting('temp_directory')").fetchone()[0] == ""
+        # A database attached in memory is the connection's own, and writes nowhere.
+        con.execute("ATTACH ':memory:' AS scratch")
+        con.execute("CREATE TABLE scratch.t AS SELECT 1 AS a")
+    assert snapshot(rel.path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
+
+
+def test_duckdb_connections_are_isolated(scratch_release, detections):
+    rel = scratch_release
+    first = rel.duckdb()
+    first.execute("CREATE OR REPLACE VIEW detections AS SELECT 1 AS objectid")
+    first.execute("CREATE OR REPLACE TEMP VIEW detections AS SELECT 1 AS objectid WHERE false")
+    first.execute("CREATE OR REPLACE TEMP VIEW objects AS SELECT 1 AS objectid")
+    assert first.execute("SELECT count(*) FROM detections").fetchone()[0] == 0
+    # Neither sql() nor another connection, before or after, sees what the first did.
+    assert rel.sql("SELECT count(*) AS n FROM detections")["n"].iloc[0] == len(detections)
+    with rel.duckdb() as second:
+        assert second.execute("SELECT count(*) FROM detections").fetchone()[0] == len(detections)
+        assert second.execute("SELECT count(*) FROM objects").fetchone()[0] > 1
+    first.close()
+    assert rel.sql("SELECT count(*) AS n FROM objects")["n"].iloc[0] > 1
+
+
+def test_sql_timeout_stops_the_query(release):
+    with pytest.raises(QueryTimeoutError, match=r"ran longer than its time limit of 0\.5 s") as err:
+        release.sql("SELECT count(*) FROM range(100000000000000)", timeout=0.5)
+    assert isinstance(err.value, QueryError)
+    # Materialising a huge result is stopped too, by whichever limit comes first.
+    with pytest.raises(QueryError, match="SQL query stopped"):
+        release.sql("SELECT * FROM range(100000000000000)", timeout=2.0, memory_limit="100MB")
+    assert release.sql("SELECT count(*) AS n FROM objects")["n"].iloc[0] > 0
+
+
+def test_sql_memory_limit_stops_the_query(release):
+    with pytest.raises(QueryError, match="needs more memory than its limit"):
+        release.sql("SELECT * FROM range(100000000) ORDER BY random()", memory_limit="50MB", timeout=300)
+
+
+def test_sql_limits_are_applied(release):
+    got = release.sql(
+        "SELECT current_setting('threads') AS t, current_setting('memory_limit') AS m",
+        threads=1,
+        memory_limit="300MB",
+    )
+    assert got["t"].iloc[0] == 1
+    assert got["m"].iloc[0].endswith("MiB")
+    with release.duckdb(threads=1) as con:
+        assert con.execute("SELECT current_setting('threads')").fetchone()[0] == 1
+    default = release.sql("SELECT current_setting('threads') AS t")["t"].iloc[0]
+    assert default == sql.THREADS
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"timeout": 0}, "timeout must be a positive"),
+        ({"timeout": -1.0}, "timeout must be a positive"),
+        ({"timeout": float("nan")}, "timeout must be a positive"),
+        ({"timeout": "5"}, "timeout must be a positive"),
+        ({"timeout": True}, "timeout must be a positive"),
+        ({"threads": 0}, "threads must be a positive integer"),
+        ({"threads": 1.5}, "threads must be a positive integer"),
+        ({"memory_limit": ""}, "memory_limit must be a size"),
+        ({"memory_limit": "lots"}, "DuckDB refused the limits"),
+    ],
+)
+def test_bad_sql_limits(release, kwargs, message):
+    with pytest.raises(QueryError, match=message):
+        release.sql("SELECT 1", **kwargs)
+
+
+# --- paths that are glob patterns -------------------------------------------------------------
+
+
+def test_a_store_under_a_glob_like_folder(glob_store):
+    """Views list their files one by one: a folder named a[1]*b?'c neither breaks them nor
+    widens them to the decoy folder its name matches as a pattern."""
+    rel = lcstore.open(glob_store)
+    assert "[1]*" in str(rel.path)
+    want = {v: len(read_all(rel, v)) for v in ("objects", "detections")}
+    want["refmap"] = len(pd.read_parquet(rel.path / "refmap"))
+    counts = rel.sql(
+        "SELECT (SELECT count(*) FROM objects) AS objects, (SELECT count(*) FROM detections) AS detections, "
+        "(SELECT count(*) FROM refmap) AS refmap"
+    )
+    assert counts.iloc[0].to_dict() == want
+    cone = rel.cone(150.0, 20.0, 600.0)
+    assert len(cone) > 0
+    assert len(rel.sql(rel.cone_sql(150.0, 20.0, 600.0))) == len(cone)
+    with rel.duckdb() as con:
+        assert con.execute("SELECT count(*) FROM detections").fetchone()[0] == want["detections"]

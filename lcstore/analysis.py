@@ -311,6 +311,11 @@ def periodogram(
     -------
     frequency, power, best_period_days
         As for :func:`lomb_scargle`: cycles per day, normalised power, days.
+
+    Raises
+    ------
+    ObjectNotFoundError
+        If the release has no such object.
     """
     lc = rel.lightcurve(objectid, bands=[band], columns=["mjd", "mag", "magerr", "catflags"])
     lc = lc[good(lc)]

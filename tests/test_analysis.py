@@ -131,10 +131,16 @@ def test_table_has_units(release, rich_object):
     assert table["mjd"].quantity.to(u.s)[0].value == pytest.approx(table["mjd"][0] * 86400.0)
 
 
-def test_an_unknown_object_gives_empty_results(release):
+def test_an_unknown_object_is_an_error_and_a_filtered_one_empty(release, rich_object):
+    for kind in ("pandas", "table", "timeseries", "nested"):
+        with pytest.raises(lcstore.ObjectNotFoundError, match="no object 12345"):
+            analysis.lightcurve_as(release, 12345, kind)
+    with pytest.raises(lcstore.ObjectNotFoundError, match="no object 12345"):
+        analysis.periodogram(release, 12345)
+    # A known object none of whose detections passes the filters gives empty results.
+    oid = int(rich_object["objectid"])
     for kind in ("pandas", "table", "timeseries"):
-        assert len(analysis.lightcurve_as(release, 12345, kind)) == 0
-    assert np.isnan(analysis.periodogram(release, 12345)[2])
+        assert len(analysis.lightcurve_as(release, oid, kind, time=(0.0, 1.0))) == 0
 
 
 def test_unknown_kind_and_timeseries_without_mjd_are_refused(release, rich_object):

@@ -52,7 +52,7 @@ from lcstore.io.layout import (
     WORK_DIR,
     common_metadata,
 )
-from lcstore.io.ledger import read_ledger, withdraw_batches
+from lcstore.io.ledger import commit_batch, read_ledger, withdraw_batches
 from lcstore.io.refmap import field_file, piece_file, share_field, write_schema
 from lcstore.io.runs import SORTED_RUN_SUFFIX, sorted_run_schema
 from lcstore.io.staging import remove_uncommitted, staged_bytes
@@ -242,6 +242,10 @@ def _ingest(
             files = _hashed(client.gather(futures))
         d.unseen = []
         _batch_new_files(d, files, known, report, say, config.batch_bytes, workers)
+    # The tasks write each batch's ledger file here; this driver commits it, holding the
+    # lock (lcstore.pipeline.ingest explains why no task commits).
+    pending = build_dir / "ingest" / "pending"
+    pending.mkdir(parents=True)
     submitted = []
     for d in deliveries:
         with d.timer.step("staging"):
@@ -255,13 +259,19 @@ def _ingest(
                 store=str(store.path),
                 work_order=store.work_order,
                 margin_arcsec=config.margin,
+                pending_dir=str(pending),
                 pure=False,
             )
         submitted.append(futures)
+
+    def commit(result: BatchResult) -> None:
+        # Each batch as its task returns: a build killed later keeps what it committed.
+        commit_batch(store.path, pending, result.batch)
+
     staged = []
     for d, futures in zip(deliveries, submitted, strict=True):
         with d.timer.step("staging"):
-            results: list[BatchResult] = gather(futures, f"{d.kind} batches staged", say)
+            results: list[BatchResult] = gather(futures, f"{d.kind} batches staged", say, each=commit)
         for r in results:
             staged.append(r.batch)
             report.files_ingested += r.files
@@ -810,7 +820,6 @@ def _build_locked(
             staged = _ingest(client, config, store, report, say, build_dir)
             # A worker lost mid-write leaves its temporary file; Dask reran the task.
             remove_temporaries(store.path / STAGING_DIR)
-            remove_temporaries(store.path / LEDGER_DIR)
         if config.strict and report.quarantined:
             quarantined = [f"{q['path']}: {q['reason']}" for q in report.quarantined]
             raise StrictBuildError(_strict_message(config.release, "quarantined", quarantined))

@@ -72,7 +72,7 @@ def diff_releases(store: str, old: str, new: str) -> ReleaseDiff:
     """Compare two published releases of a store."""
     st = Store(store)
     old_dir, new_dir = st.resolve(old), st.resolve(new)
-    ledger = read_ledger(st.path)
+    ledger = read_ledger(st.path).drop_duplicates("unit")  # a unit recorded twice counts once
     epochs = ledger[ledger["kind"] == EPOCHS].set_index("unit")
     old_units = epochs.loc[epochs.index.intersection(read_units(old_dir))]
     new_units = epochs.loc[epochs.index.intersection(read_units(new_dir))]

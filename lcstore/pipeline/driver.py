@@ -65,11 +65,10 @@ from lcstore.kernels.changes import (
     fingerprints,
     partitions_to_rebuild,
 )
-from lcstore.kernels.embargo import Cutoffs, eligible
 from lcstore.kernels.healpix import SPATIAL_INDEX_COLUMN
 from lcstore.kernels.margins import margin_plan
 from lcstore.kernels.partitions import Partitions, merge_histograms, plan_partitions
-from lcstore.kernels.supersede import Selection, select_units
+from lcstore.kernels.supersede import Selection, select_units, units_in_use
 from lcstore.pipeline import context
 from lcstore.pipeline.allocator import KeepFreedMemory
 from lcstore.pipeline.config import BuildConfig, BuildReport
@@ -292,14 +291,6 @@ def _ingest(
     return staged
 
 
-def _units_in_use(ledger: pd.DataFrame, selection, cutoffs: Cutoffs) -> pd.DataFrame:
-    """The ledger units a release uses: current references, current eligible exposures."""
-    current = ledger[~ledger["unit"].isin(selection.excluded)]
-    is_ref = current["kind"] == REFS
-    ok = eligible(current["programid"].fillna(0).to_numpy(), current["mjd"].fillna(0).to_numpy(), cutoffs)
-    return current[is_ref | ok]
-
-
 def _previous_release(store: Store, config: BuildConfig, salt: str) -> ReleaseState | None:
     """State of the latest release, if it was built with the same parameters (and records
     the refmap fields of its pixels: releases before lcstore 0.4 do not)."""
@@ -327,7 +318,7 @@ def _run_match(
         return {}
     params = MatchParams(store.work_order, config.radius_arcsec, config.margin, config.cutoffs)
     batches = set(ledger["batch"])
-    shared = context.share(work_dir, "match", (batches, selection.excluded))
+    shared = context.share(work_dir, "match", (batches, selection.excluded, selection.repeats))
     # The largest pixels first, so that no worker is left with a big one at the end.
     futures = [
         client.submit(
@@ -439,7 +430,7 @@ def _select(release: _Release) -> None:
     report.units_superseded = len(release.selection.superseded)
     report.units_withdrawn = len(release.selection.withdrawn)
     report.conflicts = release.selection.conflicts
-    release.units = _units_in_use(release.ledger, release.selection, config.cutoffs)
+    release.units = units_in_use(release.ledger, release.selection, config.cutoffs)
     units = release.units
     report.reference_sources = int(units.loc[units["kind"] == REFS, "nrows"].sum())
     release.salt = f"v{MATCH_VERSION} radius={config.radius_arcsec} margin={config.margin} order={order}"

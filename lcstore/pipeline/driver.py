@@ -373,6 +373,7 @@ class _Release:
     say: Callable[[str], None]
     # _select: the units the release uses and the work pixels whose inputs changed.
     ledger: pd.DataFrame | None = None
+    withdrawn: frozenset[str] = frozenset()
     selection: Selection | None = None
     units: pd.DataFrame | None = None
     salt: str = ""
@@ -426,7 +427,8 @@ def _select(release: _Release) -> None:
     config, store, report = release.config, release.store, release.report
     order = store.work_order
     release.ledger = read_ledger(store.path)
-    release.selection = select_units(release.ledger, _withdrawn(store))
+    release.withdrawn = _withdrawn(store)
+    release.selection = select_units(release.ledger, release.withdrawn)
     report.units_superseded = len(release.selection.superseded)
     report.units_withdrawn = len(release.selection.withdrawn)
     report.conflicts = release.selection.conflicts
@@ -503,6 +505,7 @@ def _state(release: _Release) -> ReleaseState:
         detection_schema=release.target,
         units=np.sort(release.units["unit"].to_numpy(dtype=np.int64)),
         batches=sorted(set(release.ledger["batch"])),
+        withdrawn=sorted(release.withdrawn),
     )
 
 

@@ -8,6 +8,9 @@ safety"); docs/reliability.md records what they tried and what they found.
   release and ``STORE/LATEST`` intact. Rerunning the same command gives exactly the
   release an uninterrupted build gives, and leaves no temporary file behind.
 * A build on a real ``dask scheduler`` survives SIGKILLed worker processes.
+* A build on a real ``dask scheduler`` whose client is SIGKILLed in ingest, rerun at once
+  with one more file delivered: the dead client's tasks, still running, commit nothing,
+  and the releases hold every detection.
 * Readers polling the latest release while a new one is published always see one whole
   release: the old one or the new one.
 """

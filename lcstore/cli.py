@@ -202,9 +202,10 @@ _VERIFY_EXAMPLES = """\
 Checks published releases against what their build recorded and against the store's
 ledger: HATS validity of objects/ and detections/, every file's size and SHA-256 against
 the release's checksums.json (missing and unlisted files too), row counts against the
-ledger units the release shows, no embargoed detection under the release's cutoffs, no
-duplicate detection key, every detection's object present with nobs equal to its
-detections. Prints one report per release, each finding with its check and file.
+ledger units the release shows, those units against the ones the ledger gives the
+release (none left out, none extra), no embargoed detection under the release's
+cutoffs, no duplicate detection key, every detection's object present with nobs equal
+to its detections. Prints one report per release, each finding with its check and file.
 
 exit status:
   0  every release checked is ok

@@ -734,7 +734,7 @@ for line in sys.stdin:
     kind, path = line.rstrip("\\n").split(" ", 1)
     with tempfile.TemporaryDirectory() as store:
         try:
-            result = stage_batch(kind, [hash_file(path)], store, 6, 10.0)
+            result = stage_batch(kind, [hash_file(path)], store, 6, 10.0, store)
         except Exception as err:
             outcome = type(err).__name__
         else:

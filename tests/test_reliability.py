@@ -8,6 +8,9 @@ safety"); docs/reliability.md records what they tried and what they found.
   release and ``STORE/LATEST`` intact. Rerunning the same command gives exactly the
   release an uninterrupted build gives, and leaves no temporary file behind.
 * A build on a real ``dask scheduler`` survives SIGKILLed worker processes.
+* A build on a real ``dask scheduler`` whose client is SIGKILLed in ingest, rerun at once
+  with one more file delivered: the dead client's tasks, still running, commit nothing,
+  and the releases hold every detection.
 * Readers polling the latest release while a new one is published always see one whole
   release: the old one or the new one.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -37,6 +41,7 @@ import pytest
 import lcstore
 from lcstore.io.ledger import read_ledger
 from lcstore.kernels.embargo import Cutoffs, eligible, parse_date
+from lcstore.ops.verify import verify_store
 from lcstore.simulate import PRESETS, load_truth, simulate
 
 KEY = ["expid", "ccdid", "qid", "sourceid", "procversion"]
@@ -748,7 +753,9 @@ def test_build_survives_sigkilled_workers_in_ingest_match_and_write(tmp_path, cl
 @pytest.mark.cluster
 @pytest.mark.parametrize(
     "target",
-    ["/staging/", "/ledger/", "/work/", "/dataset/"],
+    # A task's ledger file goes to its build's folder (ingest/pending), for the driver to
+    # commit: no worker renames into STORE/ledger.
+    ["/staging/", "/ingest/pending/", "/work/", "/dataset/"],
 )
 def test_worker_killed_between_write_and_rename(tmp_path, cluster_survey, calm_store, target):
     """A worker dies with a finished temporary file not yet renamed; the build must leave none."""
@@ -772,6 +779,147 @@ def test_worker_killed_between_write_and_rename(tmp_path, cluster_survey, calm_s
     print(f"\nworker killed: {marker.read_text()}")
     assert_truth_and_calm(store, cluster_survey, calm_store, outcome["report"])
     assert leftovers(store) == []
+
+
+#: A ``dask worker --preload`` module: the first ingest batch each worker process stages
+#: waits, once its task has started and before it reads an input file or writes anything,
+#: until the file $LCSTORE_GATE exists; it says so with a file named after its process in
+#: $LCSTORE_HELD. It holds the tasks of a build whose client is then killed, so that they
+#: run on after the next build has started: a dead build's tasks, still writing.
+HOLD_PRELOAD = """
+import os, time
+
+import lcstore.pipeline.ingest as ingest
+
+# Dask may run a preload module more than once: wrap the original function only.
+_read_files = ingest.__dict__.setdefault("_lcstore_test_read_files", ingest.read_files)
+_held = ingest.__dict__.setdefault("_lcstore_test_held", [])
+
+
+def read_files(*args, **kwargs):
+    if not _held:
+        _held.append(os.getpid())
+        open(os.path.join(os.environ["LCSTORE_HELD"], str(os.getpid())), "w").close()
+        while not os.path.exists(os.environ["LCSTORE_GATE"]):
+            time.sleep(0.05)
+    return _read_files(*args, **kwargs)
+
+
+ingest.read_files = read_files
+"""
+
+
+def _cluster_argv(epochs: Path, refs: Path, store: Path, release: str, scheduler: str) -> list[str]:
+    """``lcstore build`` of the crash tests, on the running scheduler at ``scheduler``."""
+    argv = build_argv(epochs, refs, store, release)
+    at = argv.index("--workers")
+    return [*argv[:at], "--scheduler", scheduler, *argv[at + 2 :]]
+
+
+def _released(store: Path, name: str) -> tuple[pd.DataFrame, dict]:
+    """A release's detections and its build report."""
+    report = json.loads((store / "releases" / name / "release.json").read_text())["report"]
+    return read_release(store, name)["detections"], report
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_tasks_of_a_killed_client_commit_nothing_and_a_rerun_at_once_loses_nothing(tmp_path, cluster_survey):
+    """The reported case: ``lcstore build --scheduler`` SIGKILLed in ingest, one file added
+    to the delivery, the same command run again at once, while the dead client's ingest
+    tasks still run on the workers and finish after the rerun read the ledger.
+
+    Before the commit moved to the driver, those tasks committed their batches into the
+    ledger after the rerun had batched the same files anew: every unit twice, each taken
+    for a conflict with itself, and both copies left out of the release.
+    """
+    from distributed import Client
+
+    preload, held, gate = tmp_path / "hold.py", tmp_path / "held", tmp_path / "gate"
+    preload.write_text(HOLD_PRELOAD)
+    held.mkdir()
+    env = {**os.environ, "LCSTORE_HELD": str(held), "LCSTORE_GATE": str(gate)}
+    # The delivery: every reference catalog, every epoch file but the first, which comes
+    # later. The first in path order, so that every batch of the rerun differs from the
+    # killed build's batches of the same files.
+    delivery, store = tmp_path / "delivery", tmp_path / "store"
+    shutil.copytree(cluster_survey / "refs", delivery / "refs")
+    late = sorted((cluster_survey / "epochs").rglob("*.parquet"))[0]
+    shutil.copytree(cluster_survey / "epochs", delivery / "epochs", ignore=lambda d, names: [
+        n for n in names if Path(d, n) == late
+    ])  # fmt: skip
+    epochs, refs = delivery / "epochs", delivery / "refs"
+    with (
+        deployment(tmp_path, env, preload) as scheduler_file,
+        Client(scheduler_file=str(scheduler_file), timeout=60) as client,
+    ):
+        client.wait_for_workers(2, timeout=60)
+        address = json.loads(scheduler_file.read_text())["address"]
+        first = subprocess.Popen(
+            [*CLI, *_cluster_argv(epochs, refs, store, "DR2", address)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 180
+        while len(list(held.iterdir())) < 2:  # both workers run an ingest task of this build
+            assert first.poll() is None and time.monotonic() < deadline, (
+                "the build never staged on both workers"
+            )
+            time.sleep(0.05)
+        known = set(client.run_on_scheduler(lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks]))
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(30)
+        assert not (store / "LATEST").exists()
+        # One more file delivered, and the same command again, at once.
+        shutil.copy2(late, epochs / late.relative_to(cluster_survey / "epochs"))
+        rerun: list[Run] = []
+        runner = threading.Thread(
+            target=lambda: rerun.append(run_cli(_cluster_argv(epochs, refs, store, "DR2", address)))
+        )
+        runner.start()
+        # The rerun has read the ledger once it submits its hashing tasks; they wait for
+        # the workers, which the dead build's tasks hold. Then those tasks go on.
+        deadline = time.monotonic() + 180
+        while not any(
+            k.startswith("hash_files") and k not in known
+            for k in client.run_on_scheduler(lambda dask_scheduler: [str(k) for k in dask_scheduler.tasks])
+        ):
+            assert runner.is_alive() and time.monotonic() < deadline, rerun and rerun[0].stderr
+            time.sleep(0.05)
+        gate.touch()
+        runner.join(300)
+        assert not runner.is_alive()
+        # Every task of the dead build is over: a task after it on each worker has run.
+        for worker in client.scheduler_info()["workers"]:
+            client.submit(os.getpid, workers=[worker], pure=False).result(timeout=120)
+        dead_tasks_staged = leftovers(store)
+        third = run_cli(_cluster_argv(epochs, refs, store, "DR3", address))
+    assert rerun[0].returncode == 0, rerun[0].stderr
+    assert third.returncode == 0, third.stderr
+    truth = load_truth(cluster_survey).detections
+    want = pd.MultiIndex.from_frame(truth.loc[truth["current"], KEY].sort_values(KEY))
+    outcome = {}
+    for name in ("DR2", "DR3"):
+        dets, report = _released(store, name)
+        outcome[name] = (len(dets), len(want), len(report["conflicts"]))
+    print(
+        f"\n(detections, truth, conflicts): {outcome}; files of the dead build's tasks: {dead_tasks_staged}"
+    )
+    for name in ("DR2", "DR3"):
+        dets, report = _released(store, name)
+        assert report["conflicts"] == [], f"{name}: {report['conflicts'][:3]}"
+        assert not dets.duplicated(KEY).any()
+        assert pd.MultiIndex.from_frame(dets[KEY]).equals(want), (
+            f"{name}: {len(dets)} of {len(want)} detections"
+        )
+    # The dead build's tasks ran to their end: they staged files that count for nothing,
+    # and that the next build's cleanup removed.
+    assert dead_tasks_staged and all("/staging/" in f for f in dead_tasks_staged), dead_tasks_staged
+    assert leftovers(store) == []
+    ledger_units(store)  # each unit recorded once
+    reports = verify_store(store)
+    assert all(r.ok for r in reports), "\n".join(r.summary() for r in reports)
 
 
 # --------------------------------------------------------------------------- 3. readers

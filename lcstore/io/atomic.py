@@ -16,9 +16,11 @@ import pyarrow.parquet as pq
 from lcstore.io.hats import column_compression, dictionary_columns, statistics_columns
 
 
-def _temporary(path: Path) -> Path:
-    """Where to write ``path`` before renaming it into place (removed if a build dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _temporary(path: Path, parents: bool = True) -> Path:
+    """Where to write ``path`` before renaming it into place (removed if a build dies);
+    its folder is created first unless ``parents`` is false."""
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
 
 
@@ -27,10 +29,11 @@ WRITE_BUFFER_BYTES = 1 << 20
 
 
 @contextlib.contextmanager
-def _atomic_sink(path: Path) -> Iterator[pa.NativeFile]:
+def _atomic_sink(path: Path, parents: bool = True) -> Iterator[pa.NativeFile]:
     """A stream whose bytes become the file ``path`` whole when the block ends, or not at
     all: they go to a temporary file, renamed into place at the end and removed if the
-    block raises.
+    block raises. Without ``parents``, a missing folder is an error (FileNotFoundError),
+    not created.
 
     Writes reach the file system 1 MiB at a time. Parquet and Arrow IPC writers write each
     page or buffer as they encode it, thousands of writes of a few kB for a release
@@ -38,7 +41,7 @@ def _atomic_sink(path: Path) -> Iterator[pa.NativeFile]:
     page a write fills only in part before the next write copies over it. Writing 1 MiB
     at a time avoids most of that zeroing (docs/benchmarks.md, "Design choices, measured").
     """
-    tmp = _temporary(path)
+    tmp = _temporary(path, parents)
     try:
         with pa.OSFile(str(tmp), "wb") as file, pa.BufferedOutputStream(file, WRITE_BUFFER_BYTES) as sink:
             yield sink
@@ -48,14 +51,17 @@ def _atomic_sink(path: Path) -> Iterator[pa.NativeFile]:
     os.replace(tmp, path)
 
 
-def atomic_write_table(table: pa.Table, path: Path, row_group_size: int | None = None) -> None:
-    """Write a Parquet file so that it appears whole or not at all.
+def atomic_write_table(
+    table: pa.Table, path: Path, row_group_size: int | None = None, parents: bool = True
+) -> None:
+    """Write a Parquet file so that it appears whole or not at all; its folder is created
+    if need be, unless ``parents`` is false (then a missing folder raises FileNotFoundError).
 
     Every data page carries a CRC-32 of its bytes, at a small cost in write time, which
     readers that ask for it check: lcstore's own queries do, so a page damaged on disk
     raises :class:`lcstore.errors.DamagedFileError` instead of returning wrong values.
     """
-    with _atomic_sink(path) as sink:
+    with _atomic_sink(path, parents) as sink:
         pq.write_table(
             table,
             sink,

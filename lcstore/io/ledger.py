@@ -1,9 +1,14 @@
 """The ledger: ``STORE/ledger/<batch>.parquet``, one row per unit an ingest batch staged
 (its file, content hash, key, rows and sky cells). A batch counts only once its ledger
-file exists."""
+file exists.
+
+An ingest task writes its batch's ledger file into its build's own folder; the build's
+driver, which holds the store's lock, commits it: :func:`commit_batch` renames it into
+``STORE/ledger`` (see :mod:`lcstore.pipeline.ingest` for why no task writes there)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -72,3 +77,23 @@ def withdraw_batches(store: str | Path, batches: Iterable[str]) -> None:
     for batch in batches:
         (Path(store) / LEDGER_DIR / f"{batch}.parquet").unlink(missing_ok=True)
     remove_uncommitted(store)
+
+
+def pending_ledger_file(pending_dir: str | Path, batch: str) -> Path:
+    """Where an ingest task writes the ledger file of ``batch``, in its build's folder
+    ``pending_dir``, for the build's driver to commit (:func:`commit_batch`)."""
+    return Path(pending_dir) / f"{batch}.parquet"
+
+
+def commit_batch(store: str | Path, pending_dir: str | Path, batch: str) -> Path:
+    """Commit an ingest batch: rename its ledger file from ``pending_dir`` into
+    ``STORE/ledger``, which makes its staging files count. One rename: the batch counts
+    whole or not at all.
+
+    Call only from the build that holds the store's lock, for a batch its own task staged
+    into its own ``pending_dir``. Returns the committed ledger file.
+    """
+    target = Path(store) / LEDGER_DIR / f"{batch}.parquet"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(pending_ledger_file(pending_dir, batch), target)
+    return target

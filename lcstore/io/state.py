@@ -2,8 +2,8 @@
 
 Next to its catalogs a release keeps:
 
-* ``state.json``: the build parameters' fingerprint salt, both partition lists, and the
-  ledger batches delivered by then;
+* ``state.json``: the build parameters' fingerprint salt, both partition lists, the
+  ledger batches delivered by then and the files withdrawn by then;
 * ``pixels.parquet``: for every work pixel, the fingerprint of its inputs, its counts,
   the histograms of the rows it emitted (to plan partitions without re-reading them) and
   the ZTF fields of its reference sources (the refmap files it feeds);
@@ -37,6 +37,9 @@ class ReleaseState:
     units: np.ndarray
     #: Ledger batches the build knew of: what had been delivered by then.
     batches: list[str]
+    #: SHA-256 of the files withdrawn when it was built; None if its state.json does not
+    #: record them (releases of lcstore 0.5.0 and older).
+    withdrawn: list[str] | None = None
 
 
 def write_state(folder: Path, state: ReleaseState) -> None:
@@ -49,6 +52,7 @@ def write_state(folder: Path, state: ReleaseState) -> None:
                 "detection_partitions": state.detection_partitions,
                 "object_partitions": state.object_partitions,
                 "batches": sorted(state.batches),
+                **({"withdrawn": sorted(state.withdrawn)} if state.withdrawn is not None else {}),
             }
         )
     )
@@ -117,6 +121,7 @@ def read_state(folder: Path) -> ReleaseState | None:
         detection_schema=pq.read_schema(common) if common.is_file() else None,
         units=read_units(folder),
         batches=meta.get("batches", []),
+        withdrawn=meta.get("withdrawn"),
     )
 
 

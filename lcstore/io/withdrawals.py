@@ -29,3 +29,10 @@ def withdrawals(store: str | Path) -> list[Withdrawal]:
     """Every withdrawal recorded in a store, by content hash."""
     folder = Path(store) / WITHDRAWN_DIR
     return [Withdrawal(**json.loads(f.read_text())) for f in sorted(folder.glob("*.json"))]
+
+
+def ever_withdrawn(store: str | Path) -> frozenset[str]:
+    """Content hashes of every file ever withdrawn from a store, restored since or not."""
+    folder = Path(store) / WITHDRAWN_DIR
+    records = [*folder.glob("*.json"), *(folder / RESTORED_DIR).glob("*.json")]
+    return frozenset(json.loads(f.read_text())["sha256"] for f in records)

@@ -97,7 +97,7 @@ def diff_releases(store: str, old: str, new: str) -> ReleaseDiff:
             f"and its counts (new exposures, newly public, superseded) mean nothing backwards; "
             f"give the earlier release first: lcstore diff {store} {new} {old}"
         )
-    ledger = read_ledger(st.path)
+    ledger = read_ledger(st.path).drop_duplicates("unit")  # a unit recorded twice counts once
     epochs = ledger[ledger["kind"] == EPOCHS].set_index("unit")
     old_units = epochs.loc[epochs.index.intersection(read_units(old_dir))]
     new_units = epochs.loc[epochs.index.intersection(read_units(new_dir))]

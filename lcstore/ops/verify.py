@@ -11,6 +11,11 @@ the findings it reports:
 * ``readable``: every partition file is Parquet with the columns a release has.
 * ``counts``: detections and refmap rows equal the ledger's row counts of the units the
   release shows (``units.parquet``), in total and per exposure-quadrant version.
+* ``units``: the release shows the units the ledger gives it: those
+  :func:`lcstore.kernels.supersede.units_in_use` picks from the ledger batches it was
+  built from, the files withdrawn by then and its cutoffs. A unit left out wrongly (taken
+  for a conflict with its own content, say) is rows missing from the release, which the
+  counts against ``units.parquet`` cannot see.
 * ``embargo``: every detection is eligible under the release's cutoffs.
 * ``duplicates``: no detection key (expid, ccdid, qid, sourceid, procversion) repeats.
 * ``partitioning``: every row lies in the sky area of the partition file that holds it.
@@ -49,10 +54,12 @@ from lcstore.io.layout import CATALOGS, OBJECTS_MARGIN, RELEASE_FILE, STATE_FILE
 from lcstore.io.ledger import read_ledger
 from lcstore.io.refmap import LEGACY_REFMAP, field_of_file, refmap_files
 from lcstore.io.store import Store
+from lcstore.io.withdrawals import ever_withdrawn, withdrawals
 from lcstore.kernels.cone import in_ranges
 from lcstore.kernels.embargo import Cutoffs, eligible, parse_date
 from lcstore.kernels.healpix import SPATIAL_INDEX_COLUMN, index_range
 from lcstore.kernels.partitions import Partitions
+from lcstore.kernels.supersede import select_units, units_in_use
 from lcstore.kernels.ztf_oid import FIELD_FACTOR
 from lcstore.schema import EPOCHS, REFS
 
@@ -409,16 +416,19 @@ def _unit_text(row) -> str:
 
 
 def _check_counts(
-    store: Store, folder: Path, parts: _Partitions, per_unit: pd.DataFrame, report: VerifyReport
-) -> None:
-    """Rows of the release against the ledger's counts for the units it shows."""
+    ledger: pd.DataFrame, folder: Path, parts: _Partitions, per_unit: pd.DataFrame, report: VerifyReport
+) -> np.ndarray | None:
+    """Rows of the release against the ledger's counts for the units it shows; returns
+    those units (None if units.parquet cannot be read)."""
     try:
         units = pq.read_table(folder / UNITS_FILE).column("unit").to_numpy()
     except (OSError, pa.ArrowException, KeyError) as err:
         report.findings.append(Finding("counts", f"cannot read the release's units ({err})", "units.parquet"))
-        return
+        return None
     report.units = len(units)
-    ledger = read_ledger(store.path).set_index("unit")
+    # One row per unit: a store may record a unit twice (lcstore.kernels.supersede), and
+    # its rows count once.
+    ledger = ledger.drop_duplicates("unit").set_index("unit")
     unknown = np.setdiff1d(units, ledger.index.to_numpy())
     if len(unknown):
         message = (
@@ -467,6 +477,81 @@ def _check_counts(
             f"hold {want:,} sources in the ledger"
         )
         report.findings.append(Finding("counts", message, _REFMAP))
+    return units
+
+
+def _unit_name(row) -> str:
+    """A ledger unit, for a finding: its file and key."""
+    columns = _UNIT_KEY if row.kind == EPOCHS else list(schema.REF_CATALOG_KEY)
+    values = [getattr(row, c) for c in columns]
+    key = " ".join(f"{c}={v if isinstance(v, str) else int(v)}" for c, v in zip(columns, values, strict=True))
+    return f"{row.path} ({key})"
+
+
+def _check_units(
+    ledger: pd.DataFrame,
+    folder: Path,
+    shown: np.ndarray,
+    cutoffs: Cutoffs,
+    store: Store,
+    report: VerifyReport,
+) -> None:
+    """The units the release shows against those the ledger gives it.
+
+    The ledger is taken as the build saw it: the batches ``state.json`` lists. So are the
+    withdrawals, if ``state.json`` records them; for a release that does not, the units of
+    an exposure-quadrant or a reference catalog that a file ever withdrawn touches are not
+    compared.
+    """
+    try:
+        state = json.loads((folder / STATE_FILE).read_text())
+        info = json.loads((folder / RELEASE_FILE).read_text())
+    except (OSError, ValueError) as err:
+        report.findings.append(Finding("units", f"cannot read the build's state ({err!r})", STATE_FILE))
+        return
+    if not state.get("batches"):
+        return  # an older lcstore's release: which batches its build saw is unknown
+    seen = ledger[ledger["batch"].isin(set(state["batches"]))]
+    recorded = state.get("withdrawn")
+    withdrawn = (
+        frozenset(recorded) if recorded is not None else frozenset(w.sha256 for w in withdrawals(store.path))
+    )
+    expected = units_in_use(seen, select_units(seen, withdrawn), cutoffs).set_index("unit")
+    once = seen.drop_duplicates("unit").set_index("unit")
+    missing = once.loc[np.setdiff1d(expected.index.to_numpy(), shown)]
+    extra = once.loc[np.intersect1d(np.setdiff1d(shown, expected.index.to_numpy()), once.index.to_numpy())]
+    if recorded is None and len(missing) + len(extra):
+        uncertain = once[once["sha256"].isin(ever_withdrawn(store.path))]
+        for kind, key in ((EPOCHS, list(schema.EXPOSURE_QUADRANT_KEY)), (REFS, list(schema.REF_CATALOG_KEY))):
+            touched = pd.MultiIndex.from_frame(uncertain.loc[uncertain["kind"] == kind, key])
+            missing = missing[
+                ~((missing["kind"] == kind) & pd.MultiIndex.from_frame(missing[key]).isin(touched))
+            ]
+            extra = extra[~((extra["kind"] == kind) & pd.MultiIndex.from_frame(extra[key]).isin(touched))]
+    if len(missing):
+        # A conflict message names the file left out and the hash of the file kept.
+        conflicts = info.get("report", {}).get("conflicts", [])
+        selfish = [
+            u
+            for u in missing.itertuples()
+            if any(m.startswith(f"{u.path}: same ") and f" as {u.sha256[:12]}" in m for m in conflicts)
+        ]
+        rows = int(missing.loc[missing["kind"] == EPOCHS, "nrows"].sum())
+        sources = int(missing.loc[missing["kind"] == REFS, "nrows"].sum())
+        message = (
+            f"{len(missing):,} unit(s) that the ledger gives this release are left out: "
+            f"{rows:,} detection(s) and {sources:,} reference source(s) missing"
+            + (f"; {len(selfish):,} of them reported as a conflict with their own content" if selfish else "")
+            + f"; first: {'; '.join(_unit_name(u) for u in missing.head(_EXAMPLES).itertuples())}"
+        )
+        report.findings.append(Finding("units", message, UNITS_FILE))
+    if len(extra):
+        message = (
+            f"{len(extra):,} unit(s) in units.parquet that the ledger does not give this release "
+            f"(superseded, conflicting, withdrawn or embargoed); first: "
+            f"{'; '.join(_unit_name(u) for u in extra.head(_EXAMPLES).itertuples())}"
+        )
+        report.findings.append(Finding("units", message, UNITS_FILE))
 
 
 def _check_refmap(folder: Path, parts: _Partitions, report: VerifyReport) -> None:
@@ -546,7 +631,10 @@ def verify_release(
         per_unit = _check_detections(folder, parts, cutoffs, report)
         _check_objects(folder, parts, report)
         _check_refmap(folder, parts, report)
-        _check_counts(store, folder, parts, per_unit, report)
+        ledger = read_ledger(store.path)
+        shown = _check_counts(ledger, folder, parts, per_unit, report)
+        if shown is not None:
+            _check_units(ledger, folder, shown, cutoffs, store, report)
     report.seconds = round(time.perf_counter() - start, 3)
     return report
 

@@ -52,7 +52,7 @@ from lcstore.io.layout import (
     WORK_DIR,
     common_metadata,
 )
-from lcstore.io.ledger import read_ledger, withdraw_batches
+from lcstore.io.ledger import commit_batch, read_ledger, withdraw_batches
 from lcstore.io.refmap import field_file, piece_file, share_field, write_schema
 from lcstore.io.runs import SORTED_RUN_SUFFIX, sorted_run_schema
 from lcstore.io.staging import remove_uncommitted, staged_bytes
@@ -65,11 +65,10 @@ from lcstore.kernels.changes import (
     fingerprints,
     partitions_to_rebuild,
 )
-from lcstore.kernels.embargo import Cutoffs, eligible
 from lcstore.kernels.healpix import SPATIAL_INDEX_COLUMN
 from lcstore.kernels.margins import margin_plan
 from lcstore.kernels.partitions import Partitions, merge_histograms, plan_partitions
-from lcstore.kernels.supersede import Selection, select_units
+from lcstore.kernels.supersede import Selection, select_units, units_in_use
 from lcstore.pipeline import context
 from lcstore.pipeline.allocator import KeepFreedMemory
 from lcstore.pipeline.config import BuildConfig, BuildReport
@@ -246,6 +245,10 @@ def _ingest(
             files = _hashed(client.gather(futures))
         d.unseen = []
         _batch_new_files(d, files, known, report, say, config.batch_bytes, workers)
+    # The tasks write each batch's ledger file here; this driver commits it, holding the
+    # lock (lcstore.pipeline.ingest explains why no task commits).
+    pending = build_dir / "ingest" / "pending"
+    pending.mkdir(parents=True)
     submitted = []
     for d in deliveries:
         with d.timer.step("staging"):
@@ -259,13 +262,19 @@ def _ingest(
                 store=str(store.path),
                 work_order=store.work_order,
                 margin_arcsec=config.margin,
+                pending_dir=str(pending),
                 pure=False,
             )
         submitted.append(futures)
+
+    def commit(result: BatchResult) -> None:
+        # Each batch as its task returns: a build killed later keeps what it committed.
+        commit_batch(store.path, pending, result.batch)
+
     staged = []
     for d, futures in zip(deliveries, submitted, strict=True):
         with d.timer.step("staging"):
-            results: list[BatchResult] = gather(futures, f"{d.kind} batches staged", say)
+            results: list[BatchResult] = gather(futures, f"{d.kind} batches staged", say, each=commit)
         for r in results:
             staged.append(r.batch)
             report.files_ingested += r.files
@@ -284,14 +293,6 @@ def _ingest(
         )
     shutil.rmtree(build_dir / "ingest", ignore_errors=True)
     return staged
-
-
-def _units_in_use(ledger: pd.DataFrame, selection, cutoffs: Cutoffs) -> pd.DataFrame:
-    """The ledger units a release uses: current references, current eligible exposures."""
-    current = ledger[~ledger["unit"].isin(selection.excluded)]
-    is_ref = current["kind"] == REFS
-    ok = eligible(current["programid"].fillna(0).to_numpy(), current["mjd"].fillna(0).to_numpy(), cutoffs)
-    return current[is_ref | ok]
 
 
 def _previous_release(store: Store, config: BuildConfig, salt: str) -> ReleaseState | None:
@@ -321,7 +322,7 @@ def _run_match(
         return {}
     params = MatchParams(store.work_order, config.radius_arcsec, config.margin, config.cutoffs)
     batches = set(ledger["batch"])
-    shared = context.share(work_dir, "match", (batches, selection.excluded))
+    shared = context.share(work_dir, "match", (batches, selection.excluded, selection.repeats))
     # The largest pixels first, so that no worker is left with a big one at the end.
     futures = [
         client.submit(
@@ -376,6 +377,7 @@ class _Release:
     say: Callable[[str], None]
     # _select: the units the release uses and the work pixels whose inputs changed.
     ledger: pd.DataFrame | None = None
+    withdrawn: frozenset[str] = frozenset()
     selection: Selection | None = None
     units: pd.DataFrame | None = None
     salt: str = ""
@@ -429,11 +431,12 @@ def _select(release: _Release) -> None:
     config, store, report = release.config, release.store, release.report
     order = store.work_order
     release.ledger = read_ledger(store.path)
-    release.selection = select_units(release.ledger, _withdrawn(store))
+    release.withdrawn = _withdrawn(store)
+    release.selection = select_units(release.ledger, release.withdrawn)
     report.units_superseded = len(release.selection.superseded)
     report.units_withdrawn = len(release.selection.withdrawn)
     report.conflicts = release.selection.conflicts
-    release.units = _units_in_use(release.ledger, release.selection, config.cutoffs)
+    release.units = units_in_use(release.ledger, release.selection, config.cutoffs)
     units = release.units
     report.reference_sources = int(units.loc[units["kind"] == REFS, "nrows"].sum())
     release.salt = f"v{MATCH_VERSION} radius={config.radius_arcsec} margin={config.margin} order={order}"
@@ -507,6 +510,7 @@ def _state(release: _Release) -> ReleaseState:
         detection_schema=release.target,
         units=np.sort(release.units["unit"].to_numpy(dtype=np.int64)),
         batches=sorted(set(release.ledger["batch"])),
+        withdrawn=sorted(release.withdrawn),
     )
 
 
@@ -834,7 +838,6 @@ def _build_locked(
             staged = _ingest(client, config, store, report, say, build_dir)
             # A worker lost mid-write leaves its temporary file; Dask reran the task.
             remove_temporaries(store.path / STAGING_DIR)
-            remove_temporaries(store.path / LEDGER_DIR)
             for kind, line in report.ignored_lines().items():
                 say(f"  {kind}: {line}")
         if config.strict and report.quarantined:

@@ -7,8 +7,34 @@ A file is known by the SHA-256 of its bytes, so the same file delivered again un
 another name is recognised and skipped.
 
 Staging is crash-safe: a batch writes its staging files first and its ledger file last,
-each by write-then-rename. Readers only trust staging files whose batch has a ledger file,
-so a batch that died half-way is invisible and is simply redone.
+each by write-then-rename. Readers only trust staging files whose batch has a ledger file
+in ``STORE/ledger``, so a batch that died half-way is invisible and is simply redone.
+
+The commit is the driver's, not the task's. A task writes its batch's ledger file into
+its build's own folder (``STORE/tmp/<build>/ingest/pending/``), and the driver, which
+holds the store's lock, renames it into ``STORE/ledger`` when it receives the task's
+result (:func:`lcstore.io.ledger.commit_batch`). A Dask task cannot be stopped once it
+runs: when the driver dies (SIGKILL, Ctrl-C, a lost connection), the lock is free at once
+but the tasks it submitted run on to their end, seconds or minutes later. Had they
+committed their batches themselves, a dead build's batch could enter the ledger after
+the next build read it; the next build stages the same files again, in other batches,
+and every unit of them would be recorded twice. Why a task of a dead build D commits
+nothing, whenever it finishes, before, during or after the next build N's cleanup:
+
+* Only a live driver renames into ``STORE/ledger``, and only the files of its own build's
+  folder, for batches its own tasks returned. D's driver is dead; N's driver never looks
+  in D's folder.
+* D's pending ledger files, written before N's cleanup, are deleted with D's folder by
+  that cleanup, under the lock, before N reads the ledger
+  (:func:`lcstore.pipeline.publish.remove_stale_builds`, which first renames the folder
+  away, so that no write racing the deletion lands in it). A task writes its pending
+  file without creating folders: written after that cleanup, it fails and leaves nothing.
+* D's staging files, written at any time, name a batch that has no ledger file: no
+  reader takes them, and a build's cleanup deletes them
+  (:func:`lcstore.io.staging.remove_uncommitted`; N's, or, for files written after it,
+  the next one's). Should N stage and commit a batch of the same ID, it is the same
+  batch: the ID is the hash of its files' hashes, and the work order and margin are the
+  store's, so D's file holds the same rows as N's and replaces it whole, by rename.
 
 Rows near a work pixel's border are also filed, at ingest, under the neighbouring pixels
 whose margin band they lie in: a pixel's match then reads its own staging folders and no
@@ -21,7 +47,7 @@ build that matches their pixel; stores of format 2 also hold Parquet ones)::
     STORE/staging/epochs-margin/<work pixel>/<batch>.arrow   (rows of neighbours)
     STORE/staging/refs/<work pixel>/<batch>.arrow
     STORE/staging/refs-margin/<work pixel>/<batch>.arrow
-    STORE/ledger/<batch>.parquet
+    STORE/ledger/<batch>.parquet                (committed by the build's driver)
 """
 
 from __future__ import annotations
@@ -38,8 +64,7 @@ from lcstore import schema
 from lcstore.errors import InputFileError
 from lcstore.io.atomic import atomic_write_arrow, atomic_write_table
 from lcstore.io.inputs import InputFile, read_files
-from lcstore.io.layout import LEDGER_DIR
-from lcstore.io.ledger import LEDGER_SCHEMA
+from lcstore.io.ledger import LEDGER_SCHEMA, pending_ledger_file
 from lcstore.io.staging import STAGING_SUFFIX, UNIT_COLUMN, staging_dir
 from lcstore.kernels.changes import cells_of_units
 from lcstore.kernels.healpix import SPATIAL_INDEX_COLUMN, margin_rows, pixel_of, runs, spatial_index
@@ -102,14 +127,22 @@ def _ledger_row(kind: str, key: tuple, table: pa.Table, f: InputFile, batch: str
 
 
 def stage_batch(
-    kind: str, files: list[InputFile], store: str, work_order: int, margin_arcsec: float
+    kind: str, files: list[InputFile], store: str, work_order: int, margin_arcsec: float, pending_dir: str
 ) -> BatchResult:
-    """Ingest one batch of files into the store's staging area and ledger.
+    """Stage one batch of files in the store's staging area; write its ledger file into
+    ``pending_dir``, the build's folder of batches to commit.
 
     Files that fail validation are quarantined (reported, not staged); the others are
     staged, by work pixel of order ``work_order``, and the rows within ``margin_arcsec``
-    of a pixel's border also in the neighbour's margin staging. Safe to rerun after a
-    crash: the batch ID is derived from its files.
+    of a pixel's border also in the neighbour's margin staging. The batch counts once
+    the build's driver commits it (:func:`lcstore.io.ledger.commit_batch`). Safe to rerun
+    after a crash: the batch ID is derived from its files.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``pending_dir`` does not exist: the build is over, and a later build has
+        removed its folder. The task then leaves no ledger file anywhere.
     """
     batch = batch_id(files)
     timer = StepTimer()
@@ -164,9 +197,13 @@ def stage_batch(
                 atomic_write_arrow(taken.slice(offset, len(positions)), path, "lz4")
                 offset += len(positions)
         rows = table.num_rows
-    # The ledger file is written last: it is what makes the batch's staging files count.
+    # The ledger file is written last, into the build's folder: once the build's driver
+    # renames it into STORE/ledger, it makes the batch's staging files count. It never
+    # creates the folder: a build that is over must not get one back (see the module doc).
     atomic_write_table(
-        pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA), Path(store) / LEDGER_DIR / f"{batch}.parquet"
+        pa.Table.from_pylist(ledger, schema=LEDGER_SCHEMA),
+        pending_ledger_file(pending_dir, batch),
+        parents=False,
     )
     return BatchResult(batch, len(ledger), rows, len(files) - len(quarantined), quarantined, timer.seconds)
 
@@ -183,10 +220,10 @@ def write_batch_list(files: list[InputFile], path: Path) -> None:
 
 
 def stage_listed_batch(
-    kind: str, batch_list: str, store: str, work_order: int, margin_arcsec: float
+    kind: str, batch_list: str, store: str, work_order: int, margin_arcsec: float, pending_dir: str
 ) -> BatchResult:
     """:func:`stage_batch` of the files recorded by :func:`write_batch_list`."""
     listed = pq.read_table(batch_list).to_pydict()
     columns = [listed[name] for name in InputFile.__dataclass_fields__]
     files = [InputFile(*row) for row in zip(*columns, strict=True)]
-    return stage_batch(kind, files, store, work_order, margin_arcsec)
+    return stage_batch(kind, files, store, work_order, margin_arcsec, pending_dir)

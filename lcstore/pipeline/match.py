@@ -288,10 +288,15 @@ def _chunks(files: list[str], max_bytes: int) -> list[list[str]]:
 
 
 def _read_staged(
-    files: list[str], excluded: np.ndarray, cutoffs: Cutoffs | None = None
+    files: list[str],
+    excluded: np.ndarray,
+    cutoffs: Cutoffs | None = None,
+    repeats: dict[str, np.ndarray] | None = None,
 ) -> tuple[pa.Table, np.ndarray | None] | None:
-    """Staged rows from ``files``, and which of them to use: not those of excluded units
-    nor, given ``cutoffs``, those a release with them may not show (None: every row).
+    """Staged rows from ``files``, and which of them to use: not those of excluded units,
+    nor the copies of units read from another batch (``repeats``: batch -> units, see
+    :attr:`lcstore.kernels.supersede.Selection.repeats`), nor, given ``cutoffs``, those a
+    release with them may not show (None: every row).
 
     The rows are not filtered here: a filter copies every column of the chunk, and the
     match selects the rows it emits with one copy anyway.
@@ -303,6 +308,14 @@ def _read_staged(
     # A hash lookup, not np.isin, which sorts every row with the excluded units.
     units = pa.array(excluded, type=pa.int64())
     keep = ~pc.is_in(table.column(UNIT_COLUMN), value_set=units).to_numpy(zero_copy_only=False)
+    if repeats:
+        start = 0
+        for f, part in zip(files, tables, strict=True):
+            copies = repeats.get(Path(f).stem)  # a staging file is named after its batch
+            if copies is not None:
+                end = start + part.num_rows
+                keep[start:end] &= ~np.isin(part.column(UNIT_COLUMN).to_numpy(), copies)
+            start += part.num_rows
     if cutoffs is not None:
         keep &= eligible(table.column("programid").to_numpy(), table.column("mjd").to_numpy(), cutoffs)
     return table, (None if keep.all() else keep)
@@ -367,6 +380,7 @@ def match_pixel(
     excluded_units: np.ndarray,
     params: MatchParams,
     work_dir: str,
+    repeats: dict[str, np.ndarray] | None = None,
 ) -> PixelResult:
     """Match one work pixel of a store and write its output.
 
@@ -381,7 +395,7 @@ def match_pixel(
     """
     timer = StepTimer()
     with timer.step("read"):
-        staged = _read_staged(staged_files(store, REFS, pixel, batches), excluded_units)
+        staged = _read_staged(staged_files(store, REFS, pixel, batches), excluded_units, None, repeats)
         if staged is None:
             refs = pa.schema([*schema.REF_COLUMNS.items(), (SPATIAL_INDEX_COLUMN, pa.int64())]).empty_table()
         else:
@@ -392,7 +406,7 @@ def match_pixel(
     files = staged_files(store, EPOCHS, pixel, batches)
     for chunk in _chunks(files, CHUNK_BYTES):
         with timer.step("read"):
-            dets, use = _read_staged(chunk, excluded_units, params.cutoffs)
+            dets, use = _read_staged(chunk, excluded_units, params.cutoffs, repeats)
         matched = matcher.match(dets, use)
         with timer.step("write"):
             output.add(matched)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from distributed import Future, as_completed
 
@@ -17,7 +18,11 @@ PROGRESS_SECONDS = 30.0
 
 
 def gather(
-    futures: list[Future], what: str, say: Callable[[str], None], every: float = PROGRESS_SECONDS
+    futures: list[Future],
+    what: str,
+    say: Callable[[str], None],
+    every: float = PROGRESS_SECONDS,
+    each: Callable[[Any], None] | None = None,
 ) -> list:
     """The results of ``futures``, in their order, telling ``say`` how many are done.
 
@@ -30,6 +35,9 @@ def gather(
         Receives the progress lines.
     every : float
         Least seconds between two lines; none is said once every task is done.
+    each : callable, optional
+        Called with each result as it arrives (in the order the tasks finish), before
+        the next is waited for.
 
     Raises
     ------
@@ -41,6 +49,8 @@ def gather(
     start = last = time.monotonic()
     for done, future in enumerate(as_completed(futures), start=1):
         results[position[future.key]] = future.result()
+        if each is not None:
+            each(results[position[future.key]])
         now = time.monotonic()
         if now - last >= every and done < len(futures):
             say(f"  {done:,} of {len(futures):,} {what} ({now - start:.0f}s)")

@@ -21,13 +21,29 @@ from lcstore.io.layout import LATEST_FILE, RELEASE_FILE, WORK_DIR
 from lcstore.io.store import Store
 from lcstore.kernels.embargo import Cutoffs, parse_date
 
+#: Prefix of a stale build's folder renamed away to be deleted.
+_REMOVING = ".removing-"
+
 
 def remove_stale_builds(store: Store) -> list[Path]:
-    """Delete what interrupted builds left in ``STORE/tmp``; call only while holding the lock."""
+    """Delete what interrupted builds left in ``STORE/tmp``; call only while holding the lock.
+
+    The tasks of a build whose driver died may still be running, and writing into its
+    folder. Each folder is therefore first renamed away, then deleted: the tasks write
+    by path, under the old name, so none of their files lands in the folder being
+    deleted (which would make the deletion fail), and one they write after the rename
+    goes nowhere or into a new folder that the next build deletes. Files such a task
+    writes into ``STORE/staging`` count for nothing, never having been committed
+    (:mod:`lcstore.pipeline.ingest`).
+    """
     folder = store.path / "tmp"
     stale = sorted(folder.iterdir()) if folder.is_dir() else []
     for path in stale:
-        shutil.rmtree(path)
+        doomed = path
+        if not path.name.startswith(_REMOVING):
+            doomed = path.with_name(f"{_REMOVING}{path.name}-{uuid.uuid4().hex[:12]}")
+            os.rename(path, doomed)
+        shutil.rmtree(doomed)
     return stale
 
 

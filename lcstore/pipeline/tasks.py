@@ -66,9 +66,9 @@ def _written(path: str, rows: int, start: float) -> Written:
 
 def match_task(pixel: int, shared: str, store: str, params: MatchParams, work_dir: str) -> PixelResult:
     """Match one work pixel (:func:`lcstore.pipeline.match.match_pixel`), with the build's
-    ingest batches and excluded units from the context ``shared``."""
-    batches, excluded = context.load(shared)
-    return match_pixel(pixel, store, batches, excluded, params, work_dir)
+    ingest batches, excluded units and repeated units from the context ``shared``."""
+    batches, excluded, repeats = context.load(shared)
+    return match_pixel(pixel, store, batches, excluded, params, work_dir, repeats)
 
 
 def write_detections_task(part: Part, shared: str, target: pa.Schema, catalog_dir: str, path: str) -> Written:

@@ -28,9 +28,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lcstore.io.ledger import LEDGER_SCHEMA, read_ledger
-from lcstore.kernels.supersede import select_units
+from lcstore.kernels.embargo import Cutoffs, parse_date
+from lcstore.kernels.supersede import select_units, units_in_use
 
 EQ_KEY = ("expid", "ccdid", "qid")
+EVERYTHING = Cutoffs(parse_date("2030-01-01"), parse_date("2030-01-01"))
 REF_KEY = ("field", "ccdid", "qid", "filtercode")
 
 
@@ -232,14 +234,6 @@ def test_a_withdrawal_of_a_file_not_in_the_ledger_changes_nothing():
     assert len(chosen.excluded) == 0 and chosen.conflicts == []
 
 
-SAME_CONTENT_TWICE = (
-    "select_units compares every other ledger row of a key and version with the kept one "
-    "without looking at its hash: the same content seen twice (one unit ID) is reported as "
-    "'different content' and the unit itself is excluded as conflicting"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=SAME_CONTENT_TWICE)
 def test_the_same_epoch_content_seen_twice_is_no_conflict_with_itself():
     digest = sha("one exposure-quadrant")
     first = epoch(digest, 4, 1, path="/delivery/night1/a.parquet")
@@ -250,7 +244,6 @@ def test_the_same_epoch_content_seen_twice_is_no_conflict_with_itself():
     assert len(chosen.excluded) == 0, "the unit was left out of the release"
 
 
-@pytest.mark.xfail(strict=True, reason=SAME_CONTENT_TWICE)
 def test_the_same_reference_catalog_seen_twice_is_no_conflict_with_itself():
     digest = sha("one reference catalog")
     first = ref(digest, 600, "zr", path="/delivery/refs/a.parquet")
@@ -260,7 +253,6 @@ def test_the_same_reference_catalog_seen_twice_is_no_conflict_with_itself():
     assert len(chosen.excluded) == 0, "the reference catalog was left out of the release"
 
 
-@pytest.mark.xfail(strict=True, reason=SAME_CONTENT_TWICE)
 def test_the_same_content_seen_twice_beside_a_real_conflict_is_reported_once():
     kept_hash, dropped_hash = sorted([sha("conflict X"), sha("conflict Y")])
     kept, again = epoch(kept_hash, 8, 1), epoch(kept_hash, 8, 1, path="/delivery/copy.parquet")
@@ -268,6 +260,46 @@ def test_the_same_content_seen_twice_beside_a_real_conflict_is_reported_once():
     chosen = select([kept, again, dropped])
     assert as_list(chosen.excluded) == units(dropped)
     assert [m.split(": same")[0] for m in chosen.conflicts] == [dropped["path"]]
+
+
+def test_a_unit_recorded_by_two_batches_is_read_from_the_smallest_batch_id():
+    """Each copy's staging rows are the same; the build reads the unit's rows once, from
+    one batch, and Selection.repeats names the batch whose copy it skips."""
+    digest = sha("staged twice")
+    first = epoch(digest, 4, 1) | {"batch": "b7"}
+    again = epoch(digest, 4, 1) | {"batch": "b3"}
+    other = epoch(sha("other"), 5, 1) | {"batch": "b7"}
+    frame = ledger([first, again, other])
+    chosen = select_units(frame)
+    assert chosen.conflicts == [] and len(chosen.excluded) == 0
+    assert list(chosen.repeats) == ["b7"] and chosen.repeats["b7"].tolist() == [first["unit"]]
+    used = units_in_use(frame, chosen, EVERYTHING)
+    assert sorted(zip(used["unit"], used["batch"], strict=True)) == sorted(
+        [(first["unit"], "b3"), (other["unit"], "b7")]
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_recording_units_again_in_other_batches_changes_no_choice(data):
+    """Copies of ledger rows in other batches (the same content and key again, as a dead
+    build's ingest could leave) select exactly what the ledger without them selects."""
+    rows, withdrawn = data.draw(ledgers())
+    copied = data.draw(st.lists(st.sampled_from(rows), unique_by=lambda r: r["unit"])) if rows else []
+    batches = data.draw(st.lists(st.sampled_from(["a", "c"]), min_size=len(copied), max_size=len(copied)))
+    copies = [r | {"batch": b} for r, b in zip(copied, batches, strict=True)]
+    plain, doubled = select(rows, withdrawn), select(rows + copies, withdrawn)
+    for name in ("superseded", "conflicting", "withdrawn", "excluded"):
+        assert as_list(getattr(plain, name)) == as_list(getattr(doubled, name)), name
+    assert sorted(plain.conflicts) == sorted(doubled.conflicts)
+    # The copies in batch "a" are read, those of "b" they repeat are not; copies in "c" are not read.
+    want: dict[str, set[int]] = defaultdict(set)
+    for r in copies:
+        want["b" if r["batch"] == "a" else "c"].add(r["unit"])
+    assert {b: set(u.tolist()) for b, u in doubled.repeats.items()} == dict(want)
+    used = units_in_use(ledger(rows + copies), doubled, EVERYTHING)
+    assert not used["unit"].duplicated().any()
+    assert sorted(used["unit"]) == sorted(units_in_use(ledger(rows), plain, EVERYTHING)["unit"])
 
 
 # --------------------------------------------------------------------------- properties

@@ -7,6 +7,7 @@ replaces the file (a new inode, leaving the other release alone) or means to dam
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -14,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -288,6 +290,123 @@ def test_corrupting_a_shared_file_is_found_in_both_releases(tmp_path, build, tin
     for r in reports:
         assert [f.file for f in found(r, "checksums")] == [rel(dr2, target)], r.summary()
     assert reports[1].bytes_hashed < reports[0].bytes_hashed  # shared files were read once
+
+
+def record_a_batch_again(store: Path, copy: str) -> pd.DataFrame:
+    """Record the units of an epochs batch again, as batch ``copy``, with copies of its
+    staging files: what a killed build's ingest tasks could leave in a store before their
+    commit moved to the live driver. Returns the units recorded twice."""
+    tables = [pq.read_table(f) for f in sorted((store / "ledger").glob("*.parquet"))]
+    table = next(t for t in tables if t.num_rows and t.column("kind")[0].as_py() == "epochs")
+    batch = table.column("batch")[0].as_py()
+    i = table.schema.get_field_index("batch")
+    pq.write_table(
+        table.set_column(i, "batch", pa.array([copy] * table.num_rows)), store / "ledger" / f"{copy}.parquet"
+    )
+    for staged in (store / "staging").glob(f"*/*/{batch}.arrow"):
+        shutil.copy(staged, staged.with_name(f"{copy}.arrow"))
+    return table.to_pandas()
+
+
+def select_as_before_the_fix(real):
+    """select_units as lcstore 0.5.0 had it: a unit recorded twice conflicts with itself,
+    and is left out."""
+
+    def select(ledger, withdrawn=frozenset()):
+        chosen = real(ledger, withdrawn)
+        twice = ledger[ledger["unit"].duplicated(keep="first")]
+        messages = [
+            f"{r.path}: same expid/ccdid/qid/procversion as {r.sha256[:12]}… but different content; "
+            "kept the other file"
+            for r in twice.itertuples()
+        ]
+        conflicting = np.union1d(chosen.conflicting, twice["unit"].to_numpy(dtype=np.int64))
+        return dataclasses.replace(
+            chosen, conflicting=conflicting, conflicts=chosen.conflicts + messages, repeats={}
+        )
+
+    return select
+
+
+def test_a_unit_left_out_as_a_conflict_with_itself_is_found(tmp_path, build, tiny_survey, monkeypatch):
+    """The release of a store that records one batch twice, built with the old rule, misses
+    that batch's detections; its own counts agree with units.parquet, but verify finds the
+    units the ledger gives it and it left out. The same store built now shows them once."""
+    from lcstore.pipeline import driver
+
+    store = tmp_path / "store"
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1", **SMALL)
+    twice = record_a_batch_again(store, "0" * 20)
+    epochs = twice[twice["kind"] == "epochs"]
+    with monkeypatch.context() as patch:
+        patch.setattr(driver, "select_units", select_as_before_the_fix(driver.select_units))
+        wrong = build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR2", **SMALL)
+    dr1 = verify_release(store, "DR1")
+    assert dr1.ok, dr1.summary()  # DR1 was built before the second record
+    assert wrong.detections == dr1.detections - epochs["nrows"].sum() and len(wrong.conflicts) == len(twice)
+    report = verify_release(store, "DR2")
+    assert not found(report, "counts"), report.summary()  # the release agrees with its units.parquet
+    [finding] = found(report, "units")
+    assert finding.message.startswith(
+        f"{len(twice):,} unit(s) that the ledger gives this release are left out"
+    )
+    assert f"{epochs['nrows'].sum():,} detection(s)" in finding.message
+    assert f"{len(twice):,} of them reported as a conflict with their own content" in finding.message
+    right = build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR3", **SMALL)
+    assert right.conflicts == [] and right.detections == dr1.detections
+    dr3 = verify_release(store, "DR3")
+    assert dr3.ok, dr3.summary()
+
+
+def test_a_unit_shown_that_the_ledger_does_not_give_the_release_is_found(
+    tmp_path, build, tiny_survey, monkeypatch
+):
+    from lcstore.pipeline import driver
+
+    real = driver.select_units
+    shown: list[int] = []
+
+    def select(ledger, withdrawn=frozenset()):
+        chosen = real(ledger, withdrawn)
+        # Forget one superseded unit: the release shows two versions of its exposure-quadrant.
+        shown.append(int(chosen.superseded[0]))
+        return dataclasses.replace(chosen, superseded=chosen.superseded[1:])
+
+    monkeypatch.setattr(driver, "select_units", select)
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, tmp_path / "store", "DR1", **SMALL)
+    report = verify_release(tmp_path / "store", "DR1")
+    [finding] = found(report, "units")
+    assert finding.message.startswith("1 unit(s) in units.parquet that the ledger does not give this release")
+
+
+def test_withdrawals_made_and_undone_between_releases_leave_every_release_verified(
+    tmp_path, build, tiny_survey
+):
+    """Each release is checked against the files withdrawn when it was built (state.json
+    records them), not those withdrawn now; a release whose state.json does not record
+    them (an older lcstore's) is not compared where a file ever withdrawn could matter."""
+    from lcstore.ops.withdraw import restore, withdraw
+
+    store = tmp_path / "store"
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR1", **SMALL)
+    gone = sorted(Path(tiny_survey.epochs_dir).rglob("*_v2.parquet"))[0]
+    withdraw(store, str(gone), "wrong zero point")
+    assert build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR2", **SMALL).units_withdrawn == 1
+    restore(store, str(gone), "the zero point was right")
+    build(tiny_survey.epochs_dir, tiny_survey.refs_dir, store, "DR3", **SMALL)
+    withdraw(store, str(gone), "wrong after all")
+    reports = verify_store(store)
+    assert all(r.ok for r in reports), "\n".join(r.summary() for r in reports)
+    for name in ("DR1", "DR2", "DR3"):
+        release = store / "releases" / name
+        state = json.loads((release / "state.json").read_text())
+        assert state.pop("withdrawn") == (
+            [] if name != "DR2" else [hashlib.sha256(gone.read_bytes()).hexdigest()]
+        )
+        (release / "state.json").write_text(json.dumps(state))
+        refresh_checksum(release, release / "state.json")
+    reports = verify_store(store)
+    assert all(r.ok for r in reports), "\n".join(r.summary() for r in reports)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -13,10 +13,20 @@ from hypothesis import strategies as st
 
 from lcstore.errors import InputFileError
 from lcstore.io.inputs import hash_file, read_files, read_units
-from lcstore.io.ledger import read_ledger
+from lcstore.io.ledger import commit_batch, read_ledger
+from lcstore.io.staging import remove_uncommitted, staged_files, staged_pixels
 from lcstore.kernels.validation import validate_epochs
 from lcstore.pipeline.ingest import stage_batch, stage_listed_batch, write_batch_list
 from lcstore.schema import EPOCHS
+
+
+def stage_and_commit(files, store: Path):
+    """Stage a batch as an ingest task does, then commit it as the build's driver does."""
+    pending = store / "tmp" / "build" / "pending"
+    pending.mkdir(parents=True, exist_ok=True)
+    result = stage_batch(EPOCHS, files, str(store), 6, 10.0, str(pending))
+    commit_batch(store, pending, result.batch)
+    return result
 
 
 @pytest.fixture
@@ -184,9 +194,7 @@ def test_stage_batch_quarantines_bad_files_and_stages_the_rest(tmp_path, good_ep
     good = _write(good_epoch, tmp_path / "good.parquet")
     bad = _write(good_epoch.drop(columns=["mag"]), tmp_path / "bad.parquet")
     store = tmp_path / "store"
-    result = stage_batch(
-        EPOCHS, [hash_file(good), hash_file(bad)], str(store), work_order=6, margin_arcsec=10.0
-    )
+    result = stage_and_commit([hash_file(good), hash_file(bad)], store)
     assert result.files == 1 and result.rows == len(good_epoch)
     assert [q.path for q in result.quarantined] == [bad]
     assert "mag" in result.quarantined[0].reason
@@ -198,21 +206,57 @@ def test_stage_batch_quarantines_bad_files_and_stages_the_rest(tmp_path, good_ep
 def test_a_listed_batch_stages_as_the_batch_itself(tmp_path, good_epoch):
     files = [hash_file(_write(good_epoch.iloc[i::2], tmp_path / f"{i}.parquet")) for i in range(2)]
     write_batch_list(files, tmp_path / "list.parquet")
-    listed = stage_listed_batch(EPOCHS, str(tmp_path / "list.parquet"), str(tmp_path / "a"), 6, 10.0)
-    direct = stage_batch(EPOCHS, files, str(tmp_path / "b"), 6, 10.0)
+    for name in ("a", "b"):
+        (tmp_path / name / "pending").mkdir(parents=True)
+    listed = stage_listed_batch(
+        EPOCHS, str(tmp_path / "list.parquet"), str(tmp_path / "a"), 6, 10.0, str(tmp_path / "a" / "pending")
+    )
+    direct = stage_batch(EPOCHS, files, str(tmp_path / "b"), 6, 10.0, str(tmp_path / "b" / "pending"))
     assert (listed.batch, listed.files, listed.rows) == (direct.batch, direct.files, direct.rows)
+    for name, result in (("a", listed), ("b", direct)):
+        commit_batch(tmp_path / name, tmp_path / name / "pending", result.batch)
     pd.testing.assert_frame_equal(read_ledger(tmp_path / "a"), read_ledger(tmp_path / "b"))
 
 
 def test_batch_without_ledger_file_is_invisible(tmp_path, good_epoch):
     """A batch that died before its ledger file was written does not count."""
-    from lcstore.io.staging import staged_files, staged_pixels
-
     good = _write(good_epoch, tmp_path / "good.parquet")
     store = tmp_path / "store"
-    result = stage_batch(EPOCHS, [hash_file(good)], str(store), work_order=6, margin_arcsec=10.0)
+    result = stage_and_commit([hash_file(good)], store)
     shutil.rmtree(store / "ledger")
     assert read_ledger(store).empty
     pixel = staged_pixels(store, EPOCHS)[0]
     assert staged_files(store, EPOCHS, pixel, set()) == []
     assert staged_files(store, EPOCHS, pixel, {result.batch}) != []
+
+
+def test_a_staged_batch_counts_only_once_the_driver_commits_it(tmp_path, good_epoch):
+    """The task writes its ledger file into the build's folder; nothing in STORE/ledger
+    until the driver renames it there."""
+    good = _write(good_epoch, tmp_path / "good.parquet")
+    store, pending = tmp_path / "store", tmp_path / "store" / "tmp" / "build" / "pending"
+    pending.mkdir(parents=True)
+    result = stage_batch(EPOCHS, [hash_file(good)], str(store), 6, 10.0, str(pending))
+    assert read_ledger(store).empty and not (store / "ledger").exists()
+    assert [p.name for p in pending.iterdir()] == [f"{result.batch}.parquet"]
+    pixel = staged_pixels(store, EPOCHS)[0]
+    assert staged_files(store, EPOCHS, pixel, set(read_ledger(store)["batch"])) == []
+    commit_batch(store, pending, result.batch)
+    assert read_ledger(store)["batch"].tolist() == [result.batch]
+    assert list(pending.iterdir()) == []
+    assert staged_files(store, EPOCHS, pixel, set(read_ledger(store)["batch"])) != []
+
+
+def test_a_task_of_a_build_whose_folder_is_gone_commits_nothing(tmp_path, good_epoch):
+    """A task still running after its build died, and after the next build removed the
+    dead build's folder: its ledger file goes nowhere (the folder is not made again), and
+    its staging files are uncommitted, removed by the next cleanup."""
+    good = _write(good_epoch, tmp_path / "good.parquet")
+    store, dead = tmp_path / "store", tmp_path / "store" / "tmp" / "DR2-dead"
+    with pytest.raises(FileNotFoundError):
+        stage_batch(EPOCHS, [hash_file(good)], str(store), 6, 10.0, str(dead / "ingest" / "pending"))
+    assert not dead.exists()
+    assert read_ledger(store).empty
+    staged = [p for p in (store / "staging").rglob("*") if p.is_file()]
+    assert staged and not any(p.name.startswith(".") for p in staged)
+    assert sorted(remove_uncommitted(store)) == sorted(staged)

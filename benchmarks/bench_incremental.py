@@ -6,9 +6,9 @@ detections); then those files arrive and DR2 sees everything. The script builds 
 scratch on one store, and DR1 then DR2 incrementally on another, and reports the
 wall-time ratio and the share of bytes the incremental DR2 wrote.
 
-    python benchmarks/bench_incremental.py --survey /work/bench/bench20m --work /work/bench/inc
+    python benchmarks/bench_incremental.py --survey bench/bench20m --work bench/inc
 
-Make the survey first, e.g. ``lcstore simulate /work/bench/bench20m --preset bench``.
+Make the survey first, e.g. ``lcstore simulate bench/bench20m --preset bench``.
 """
 
 from __future__ import annotations

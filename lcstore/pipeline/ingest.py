@@ -108,9 +108,10 @@ def unit_id(sha256: str, key: tuple) -> int:
 # --------------------------------------------------------------------------- staging
 
 
-def batch_id(files: list[InputFile]) -> str:
-    """Deterministic ID of a batch: the hash of its files' hashes."""
-    return hashlib.sha256("".join(f.sha256 for f in files).encode()).hexdigest()[:20]
+def batch_id(kind: str, files: list[InputFile]) -> str:
+    """Deterministic ID of a batch: the hash of its kind and its files' hashes (a matchfile
+    delivered as epochs and as refs makes two batches of the same files)."""
+    return hashlib.sha256((kind + "".join(f.sha256 for f in files)).encode()).hexdigest()[:20]
 
 
 def _ledger_row(kind: str, key: tuple, table: pa.Table, f: InputFile, batch: str, unit: int) -> dict:
@@ -144,7 +145,7 @@ def stage_batch(
         If ``pending_dir`` does not exist: the build is over, and a later build has
         removed its folder. The task then leaves no ledger file anywhere.
     """
-    batch = batch_id(files)
+    batch = batch_id(kind, files)
     timer = StepTimer()
     tables, ledger, quarantined = [], [], []
     with timer.step("read+validate"):

@@ -301,7 +301,8 @@ def _check_detections(
     folder: Path, parts: _Partitions, cutoffs: Cutoffs, report: VerifyReport
 ) -> pd.DataFrame:
     """Per-partition checks of the detections; returns the row count of each epoch unit key."""
-    object_areas = [index_range(*p) for p in parts.objects]
+    # The objects partitions' index ranges, sorted: where a detection's object may live.
+    areas = np.array(sorted(index_range(*p) for p in parts.objects), dtype=np.int64).reshape(-1, 2)
     per_unit = []
     for part in parts.detections:
         rel = _rel(folder, "detections", part)
@@ -335,7 +336,6 @@ def _check_detections(
                 f"{_key_text(table, repeats[0], DETECTION_KEY)}"
             )
             report.findings.append(Finding("duplicates", message, rel))
-        areas = np.array(sorted(object_areas), dtype=np.int64).reshape(-1, 2)
         homeless = np.flatnonzero(~in_ranges(index, areas[:, 0], areas[:, 1]))
         if len(homeless):
             message = (
